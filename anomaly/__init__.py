@@ -1,0 +1,1 @@
+"""Batch anomaly detection for infrastructure metrics."""

@@ -1,0 +1,145 @@
+"""The ``anomaly`` command: query the lake, ingest by hand, run the demo.
+
+Examples::
+
+    anomaly sql "select host, count(*) from raw_metrics group by host"
+    anomaly sql --format csv "select * from quarantine" > rejected.csv
+    anomaly ingest --source files --start 2026-01-01T00:00Z --end 2026-01-02T00:00Z
+    anomaly demo
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+
+import click
+
+from anomaly.sources import SOURCE_NAMES
+
+
+class _CliError(click.ClickException):
+    def show(self, file=None) -> None:
+        click.secho(f"error: {self.format_message()}", err=True, fg="red")
+
+
+def _parse_utc(value: str, name: str) -> datetime:
+    try:
+        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise _CliError(f"{name}: {value!r} is not an ISO-8601 timestamp (e.g. 2026-01-01T00:00Z)") from exc
+    if ts.tzinfo is None:
+        raise _CliError(f"{name}: {value!r} has no time zone; add 'Z' for UTC")
+    return ts.astimezone(UTC)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+def main(verbose: bool) -> None:
+    """Batch anomaly detection for infrastructure metrics."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="Output format.")
+@click.option("--limit", type=int, default=1000, show_default=True,
+              help="Rows printed in table format (csv and json print all).")
+def sql(query: str, fmt: str, limit: int) -> None:
+    """Run a read-only SQL QUERY against the lake (tables: raw_metrics, hosts, ...)."""
+    import duckdb
+
+    from anomaly.store import Lake, StoreError
+
+    try:
+        frame = Lake().query(query)
+    except StoreError as exc:
+        raise _CliError(str(exc)) from exc
+    except duckdb.Error as exc:
+        raise _CliError(f"query failed: {exc}") from exc
+    if fmt == "csv":
+        frame.to_csv(sys.stdout, index=False)
+    elif fmt == "json":
+        click.echo(frame.to_json(orient="records", date_format="iso", date_unit="us"))
+    else:
+        _print_table(frame, limit)
+
+
+def _print_table(frame, limit: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False, header_style="bold")
+    for col in frame.columns:
+        table.add_column(str(col), justify="right" if frame[col].dtype.kind in "iuf" else "left")
+    for row in frame.head(limit).itertuples(index=False):
+        table.add_row(*("NULL" if v is None or v != v else str(v) for v in row))
+    console = Console()
+    console.print(table)
+    shown = min(limit, len(frame))
+    console.print(f"{len(frame)} row(s)" + (f", first {shown} shown" if shown < len(frame) else ""))
+
+
+@main.command()
+def init() -> None:
+    """Create the lake and apply the schema (idempotent)."""
+    from anomaly.store import Lake
+
+    lake = Lake()
+    lake.init()
+    click.echo(f"lake ready: {lake.describe()}")
+
+
+@main.command()
+@click.option("--source", type=click.Choice(SOURCE_NAMES), default=None, help="Default: ANOMALY_SOURCE.")
+@click.option("--start", required=True, help="Interval start, ISO-8601 with zone (inclusive).")
+@click.option("--end", required=True, help="Interval end, ISO-8601 with zone (exclusive).")
+@click.option("--run-id", default=None, help="Recorded with the rows (default: manual__<now>).")
+def ingest(source: str | None, start: str, end: str, run_id: str | None) -> None:
+    """Ingest [START, END) from a source without Airflow (same code path as the DAG)."""
+    from anomaly.ingest import IngestRejected, ingest_interval
+    from anomaly.settings import get_settings
+    from anomaly.sources import SourceError
+
+    source = source or get_settings().source
+    begin, finish = _parse_utc(start, "--start"), _parse_utc(end, "--end")
+    run_id = run_id or f"manual__{datetime.now(UTC).isoformat()}"
+    try:
+        report = ingest_interval(source, begin, finish, run_id)
+    except (IngestRejected, SourceError, ValueError) as exc:
+        raise _CliError(str(exc)) from exc
+    click.echo(json.dumps(report.as_dict(), indent=2))
+
+
+@main.command()
+def info() -> None:
+    """Where the lake is, and how to open it with the plain duckdb CLI."""
+    from anomaly.settings import get_settings
+    from anomaly.store import Lake, duckdb_cli_lines
+
+    settings = get_settings()
+    click.echo(f"ANOMALY_HOME: {settings.home}")
+    click.echo(f"lake: {Lake(settings).describe()}")
+    click.echo("\nplain duckdb CLI (pip install duckdb-cli, or the duckdb binary):\n")
+    click.echo(duckdb_cli_lines(settings))
+
+
+@main.command()
+@click.option("--hosts", type=int, default=20, show_default=True, help="Simulated hosts.")
+@click.option("--days", type=float, default=2.0, show_default=True, help="Days of history.")
+@click.option("--source", type=click.Choice(["auto", "prometheus", "simulation"]), default="auto",
+              show_default=True, help="auto: Prometheus when installed, else the simulation directly.")
+def demo(hosts: int, days: float, source: str) -> None:
+    """Simulate a fleet, serve it from a local Prometheus, ingest it through the Airflow DAG."""
+    from anomaly.demo import run_demo
+
+    run_demo(n_hosts=hosts, days=days, source=source)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,241 @@
+"""``make demo``: a simulated fleet served by a real local Prometheus, ingested through Airflow.
+
+1. simulate ``n_hosts`` hosts over the last ``days`` days as raw node_exporter series;
+2. backfill them into a Prometheus TSDB with ``promtool`` and start ``prometheus`` on loopback;
+3. run the ``ingest_metrics`` DAG with ``dag.test()`` for every data interval of the window
+   (the same code a scheduler runs), reading Prometheus through its HTTP API;
+4. print what landed per host and metric, and how to query it.
+
+Without Prometheus on the machine it says so and ingests from the simulation source directly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _airflow_env(home: Path) -> None:
+    """Defaults for a self-contained Airflow under ANOMALY_HOME (must run before Airflow imports)."""
+    airflow_home = Path(os.environ.setdefault("AIRFLOW_HOME", str(home / "airflow")))
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
+    os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO / "plugins"))
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+
+
+def run_demo(n_hosts: int = 20, days: float = 2.0, source: str = "auto", schedule: str | None = None) -> None:
+    """Run the whole demo; raises SystemExit with a readable message on failure."""
+    from rich.console import Console
+
+    from anomaly.settings import get_settings
+
+    import warnings
+
+    # Airflow's own deprecation chatter is not the user's business during a demo.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+    console = Console()
+    wall0 = time.perf_counter()
+    settings = get_settings()
+    _airflow_env(settings.home)
+    # Demo intervals: 6 hours each by default, so 2 days are 8 DAG runs (hourly works too, slower).
+    os.environ["ANOMALY_INGEST_SCHEDULE"] = schedule or os.environ.get("ANOMALY_DEMO_SCHEDULE", "0 */6 * * *")
+    os.environ["ANOMALY_SIM_HOSTS"] = str(n_hosts)
+    # whole 6-hour blocks ending before now: every interval of the window is complete
+    now = datetime.now(UTC)
+    end = now.replace(hour=now.hour - now.hour % 6, minute=0, second=0, microsecond=0)
+    start = end - timedelta(hours=6 * max(1, round(days * 4)))
+
+    from anomaly.promlocal import prometheus_available
+
+    use_prometheus = source == "prometheus" or (source == "auto" and prometheus_available())
+    if use_prometheus and not prometheus_available():
+        raise SystemExit("error: --source prometheus, but prometheus/promtool are not on PATH "
+                         "(Debian: apt-get install prometheus)")
+    if not use_prometheus:
+        console.print("[yellow]Prometheus is not installed here (needs root: apt-get install prometheus); "
+                      "ingesting from the simulation source directly.[/yellow]")
+
+    console.rule("[bold]anomaly demo")
+    console.print(f"fleet: {n_hosts} simulated hosts, {days:g} days [{start:%Y-%m-%d %H:%M}, "
+                  f"{end:%Y-%m-%d %H:%M}) UTC, one sample per {settings.step_seconds}s")
+    console.print(f"lake:  {settings.home}")
+
+    with console.status("preparing the Airflow metadata database (first run only takes a while)..."):
+        _airflow_db_migrate()
+
+    server = None
+    try:
+        if use_prometheus:
+            server = _serve_fleet(console, settings, n_hosts, start, end)
+            os.environ["ANOMALY_PROMETHEUS_URL"] = server.url
+            os.environ["ANOMALY_SOURCE"] = "prometheus"
+        else:
+            os.environ["ANOMALY_SOURCE"] = "simulation"
+        get_settings.cache_clear()
+        fetch_seconds, rows = _run_dag(console, start, end)
+    finally:
+        if server is not None:
+            server.stop()
+
+    _report(console, get_settings(), fetch_seconds, rows, time.perf_counter() - wall0,
+            "prometheus" if use_prometheus else "simulation")
+
+
+def _airflow_db_migrate() -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True,
+                         check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"error: 'airflow db migrate' failed:\n{out.stderr[-2000:]}")
+
+
+def _serve_fleet(console, settings, n_hosts: int, start: datetime, end: datetime):  # noqa: ANN001, ANN202
+    from anomaly.promlocal import PrometheusServer, backfill, write_openmetrics
+    from anomaly.simulate.exporter import node_exporter_series
+    from anomaly.simulate.fleet import make_fleet
+
+    work = settings.home / "demo" / "prometheus"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    fleet = make_fleet(n_hosts, settings.sim_seed)
+    # render 30 minutes before the window so rate() windows at its start are full
+    t0 = time.perf_counter()
+    with console.status("rendering node_exporter series..."):
+        series = node_exporter_series(fleet, start - timedelta(minutes=30), end, settings.step_seconds,
+                                      settings.sim_seed)
+        om = work / "fleet.om"
+        samples = write_openmetrics(series, om)
+    console.print(f"rendered {samples:,} node_exporter samples in {time.perf_counter() - t0:.1f}s -> {om}")
+    t0 = time.perf_counter()
+    with console.status("backfilling the Prometheus TSDB with promtool..."):
+        backfill(om, work / "tsdb")
+    console.print(f"promtool backfilled the TSDB in {time.perf_counter() - t0:.1f}s")
+    om.unlink()
+    server = PrometheusServer(work / "tsdb")
+    with console.status("starting prometheus..."):
+        server.start()
+    console.print(f"Prometheus {server.url} is serving the fleet")
+    return server
+
+
+def _run_dag(console, start: datetime, end: datetime) -> tuple[float, int]:  # noqa: ANN001
+    from airflow.dag_processing.dagbag import DagBag
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("ingest_metrics")
+    if dag is None:
+        raise SystemExit(f"error: DAG ingest_metrics not found in {REPO / 'dags'}")
+    ends = interval_ends(dag.timetable, start, end)
+    fetch_seconds, rows = 0.0, 0
+    with Progress(TextColumn("ingest_metrics"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=console) as progress:
+        bar = progress.add_task("", total=len(ends))
+        for interval_end in ends:
+            dr = dag.test(logical_date=interval_end)
+            if dr.state != "success":
+                raise SystemExit(f"error: ingest_metrics failed for the interval ending {interval_end}; "
+                                 f"see the task log under {os.environ['AIRFLOW_HOME']}/logs")
+            report = _last_report(dr)
+            if report:
+                fetch_seconds += report["fetch_seconds"]
+                rows += report["rows_loaded"]
+            progress.update(bar, advance=1, description=f"{dr.data_interval_start:%m-%d %H:%M} .. "
+                                                        f"{dr.data_interval_end:%H:%M}  {rows:,} rows")
+    return fetch_seconds, rows
+
+
+def interval_ends(timetable, start: datetime, end: datetime) -> list[datetime]:  # noqa: ANN001
+    """Ends of the timetable's data intervals that lie inside ``[start, end]``, in order."""
+    import pendulum
+
+    ends: list[datetime] = []
+    probe = start
+    while probe <= end:
+        interval = timetable.infer_manual_data_interval(run_after=pendulum.instance(probe))
+        if interval.start >= start and interval.end <= end and (not ends or interval.end > ends[-1]):
+            ends.append(interval.end)
+        probe += timedelta(minutes=1)
+    return ends
+
+
+def _last_report(dr) -> dict | None:  # noqa: ANN001
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter_by(dag_id=dr.dag_id, run_id=dr.run_id, task_id="ingest",
+                                                 key="return_value").one_or_none()
+        if row is None:
+            return None
+        value = row.value
+    import json
+
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _report(console, settings, fetch_seconds: float, rows: int, wall: float, source: str) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    from anomaly.store import Lake, duckdb_cli_lines
+
+    lake = Lake(settings)
+    counts = lake.query(
+        "SELECT host, metric, count(*) AS n FROM raw_metrics WHERE source = ? GROUP BY ALL", [source]
+    )
+    if counts.empty:
+        raise SystemExit("error: nothing landed in raw_metrics; see the task logs")
+    hosts = lake.query("SELECT host, role, environment FROM hosts")
+    per_host = (counts.groupby("host")["n"].agg(metrics="count", rows="sum", lo="min", hi="max")
+                .reset_index().merge(hosts, on="host", how="left"))
+    table = Table(title=f"raw_metrics per host (source = {source})", header_style="bold")
+    # Prometheus knows no roles unless your relabelling adds them; show the columns when known
+    known = per_host["role"].notna().any()
+    columns = [("host", "left"), ("role", "left"), ("env", "left")] if known else [("host", "left")]
+    for col, justify in [*columns, ("metrics", "right"), ("rows", "right"), ("rows per metric", "right")]:
+        table.add_column(col, justify=justify)
+    for r in per_host.itertuples():
+        spread = f"{r.lo:,}" if r.lo == r.hi else f"{r.lo:,}-{r.hi:,}"
+        meta = [r.host, _text(r.role), _text(r.environment)] if known else [r.host]
+        table.add_row(*meta, str(r.metrics), f"{r.rows:,}", spread)
+    console.print(table)
+
+    per_metric = counts.groupby("metric")["n"].agg(hosts="count", rows="sum", lo="min", hi="max").reset_index()
+    table = Table(title="raw_metrics per metric", header_style="bold")
+    for col, justify in [("metric", "left"), ("hosts", "right"), ("rows", "right"),
+                         ("rows per host", "right")]:
+        table.add_column(col, justify=justify)
+    for r in per_metric.itertuples():
+        spread = f"{r.lo:,}" if r.lo == r.hi else f"{r.lo:,}-{r.hi:,}"
+        table.add_row(r.metric, str(r.hosts), f"{r.rows:,}", spread)
+    console.print(table)
+
+    q = int(lake.query("SELECT count(*) AS n FROM quarantine WHERE source = ?", [source])["n"][0])
+    total = int(counts["n"].sum())
+    console.print(f"[bold]{total:,}[/bold] rows from {counts['host'].nunique()} hosts x "
+                  f"{counts['metric'].nunique()} metrics in raw_metrics; {q:,} rows in quarantine.")
+    if fetch_seconds > 0:
+        console.print(f"{source} fetch: {rows:,} rows in {fetch_seconds:.1f}s = "
+                      f"[bold]{rows / fetch_seconds:,.0f} rows/s[/bold]")
+    console.print(f"demo wall time: {wall:.0f}s\n")
+    console.print("[bold]Query it[/bold] (per host and metric, any SQL):")
+    console.print('  uv run anomaly sql "select host, metric, count(*), avg(value) from raw_metrics group by all order by all"',
+                  highlight=False, soft_wrap=True)
+    console.print("  uv run anomaly sql --format csv \"select * from raw_metrics where host = 'web-prod-01'\"",
+                  highlight=False, soft_wrap=True)
+    console.print("  uv run duckdb     # the plain DuckDB CLI; then paste:", highlight=False)
+    for line in duckdb_cli_lines(settings).splitlines():
+        console.print(f"    {line}", highlight=False, soft_wrap=True)
+
+
+def _text(value: object) -> str:
+    return "" if value is None or value != value else str(value)

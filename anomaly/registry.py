@@ -1,0 +1,31 @@
+"""The one registry of table names, SQL files and Asset URIs.
+
+Identifiers that end up in SQL come only from here (values are always bound
+parameters). Import-light: DAG files import it at parse time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+LAKE_ALIAS = "lake"
+
+RAW_METRICS = "raw_metrics"
+HOSTS = "hosts"
+METRIC_CATALOG = "metric_catalog"
+LABELS = "labels"
+QUARANTINE = "quarantine"
+INGEST_LOG = "ingest_log"
+SCHEMA_MIGRATIONS = "schema_migrations"
+
+TABLES: tuple[str, ...] = (RAW_METRICS, HOSTS, METRIC_CATALOG, LABELS, QUARANTINE, INGEST_LOG)
+
+# Asset URIs use an ``x-`` scheme: they name our tables, not a storage protocol Airflow knows.
+ASSET_RAW_METRICS = "x-anomaly://lake/raw_metrics"
+
+
+def sql_dir() -> Path:
+    """The ``sql/`` folder: inside an installed wheel, else beside the package in a checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "sql"
+    return packaged if packaged.is_dir() else here.parent / "sql"

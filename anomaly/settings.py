@@ -1,0 +1,120 @@
+"""One typed settings object, read from ``ANOMALY_*`` environment variables.
+
+Every field below maps to an environment variable named ``ANOMALY_<FIELD>``
+(for example ``ANOMALY_HOME=/data/anomaly``). Secrets never live here: the
+Prometheus credentials, the Postgres source and the Postgres catalog come
+from Airflow connections named by the ``*_conn_id`` fields.
+
+Example::
+
+    >>> from anomaly.settings import Settings
+    >>> Settings(home="/tmp/anomaly").lake_dir
+    PosixPath('/tmp/anomaly/lake')
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SourceName = Literal["simulation", "prometheus", "postgres", "files"]
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="ANOMALY_", extra="ignore", frozen=True)
+
+    # --- store -------------------------------------------------------------
+    home: Path = Field(Path("./var"), description="Root of all local state: lake, staging, reports.")
+    catalog: Literal["sqlite", "postgres"] = Field(
+        "sqlite", description="DuckLake catalog backend: an SQLite file under home, or Postgres."
+    )
+    catalog_conn_id: str = Field(
+        "anomaly_catalog", description="Airflow connection of the Postgres catalog (catalog=postgres)."
+    )
+    data_path: str | None = Field(
+        None, description="Where DuckLake writes Parquet files; default <home>/lake/data/."
+    )
+    commit_retries: int = Field(8, ge=1, description="Attempts for a lake write on a commit conflict.")
+
+    # --- ingest ------------------------------------------------------------
+    source: SourceName = Field("simulation", description="Default source of the ingest DAG.")
+    ingest_schedule: str = Field("0 * * * *", description="Cron of the ingest DAG's data intervals (UTC).")
+    ingest_catchup: bool = Field(False, description="Whether the scheduler fills missed intervals.")
+    task_retries: int = Field(2, ge=0, description="Retries of each DAG task before it fails.")
+    retry_delay_seconds: float = Field(30.0, ge=0, description="First retry delay of DAG tasks (doubles).")
+    step_seconds: int = Field(60, gt=0, description="Sample spacing requested from sources, seconds.")
+    max_reject_share: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Share of rejected rows above which a batch fails instead of loading the rest.",
+    )
+
+    # --- prometheus --------------------------------------------------------
+    prometheus_conn_id: str = Field(
+        "anomaly_prometheus", description="Airflow connection (http) with URL and basic or bearer auth."
+    )
+    prometheus_url: str = Field(
+        "http://127.0.0.1:9090", description="Used when the Prometheus connection is not defined."
+    )
+    prometheus_metrics_file: Path | None = Field(
+        None, description="JSON file {metric: PromQL} replacing the default node_exporter map."
+    )
+    prometheus_max_points: int = Field(
+        10_000, gt=0, le=11_000, description="Points per series per query_range call (server max 11,000)."
+    )
+    prometheus_timeout: float = Field(30.0, gt=0, description="HTTP timeout per request, seconds.")
+    prometheus_retries: int = Field(4, ge=0, description="Retries on 5xx and timeouts, with backoff.")
+
+    # --- postgres source ---------------------------------------------------
+    postgres_conn_id: str = Field(
+        "anomaly_metrics_source", description="Airflow connection of the Postgres metrics source."
+    )
+    postgres_table: str = Field(
+        "metrics", description="Source table (schema.table allowed) in long or wide layout."
+    )
+    postgres_ts_column: str = Field("ts", description="Timestamp column of the source table.")
+
+    # --- files source ------------------------------------------------------
+    files_glob: str = Field(
+        "./metrics/*.parquet", description="CSV or Parquet files, long or wide layout (glob)."
+    )
+
+    # --- simulation source -------------------------------------------------
+    sim_hosts: int = Field(20, gt=0, description="Hosts in the simulated fleet.")
+    sim_seed: int = Field(7, description="Seed of the simulated fleet.")
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def lake_data_path(self) -> str:
+        if self.data_path:
+            return self.data_path.rstrip("/") + "/"
+        return str(self.lake_dir / "data") + "/"
+
+    @property
+    def sqlite_catalog_path(self) -> Path:
+        return self.lake_dir / "catalog.sqlite"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.home / "staging"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process (cached; call ``get_settings.cache_clear()`` after changing env)."""
+    return Settings()

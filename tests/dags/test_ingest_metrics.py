@@ -1,0 +1,82 @@
+"""``dag.test()`` of ingest_metrics: consecutive intervals, then a re-run, leave exactly the same rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+T0 = datetime(2026, 2, 2, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+@pytest.fixture
+def ingest_dag(airflow_db, anomaly_home, monkeypatch):  # noqa: ANN001, ANN201
+    from airflow.dag_processing.dagbag import DagBag
+
+    from anomaly.settings import get_settings
+
+    monkeypatch.setenv("ANOMALY_SIM_HOSTS", "3")
+    # dag.test() honours retry delays; a failing run should fail now, not in a minute
+    monkeypatch.setenv("ANOMALY_TASK_RETRIES", "1")
+    monkeypatch.setenv("ANOMALY_RETRY_DELAY_SECONDS", "0")
+    get_settings.cache_clear()
+    return DagBag(dag_folder=str(DAGS)).get_dag("ingest_metrics")
+
+
+def run_interval(dag, start: datetime, **conf):  # noqa: ANN001, ANN201
+    """Run the DAG for the data interval that starts at ``start`` (dag.test infers it from its end)."""
+    dr = dag.test(logical_date=start + HOUR, run_conf=conf or None)
+    assert dr.data_interval_start == start and dr.data_interval_end == start + HOUR
+    return dr
+
+
+def fingerprint(lake) -> tuple[int, int, str, str]:  # noqa: ANN001
+    row = lake.query(
+        "SELECT count(*) AS n, sum(hash(ts, host, metric, value)) AS h, min(ts) AS lo, max(ts) AS hi "
+        "FROM raw_metrics"
+    ).iloc[0]
+    return int(row["n"]), int(row["h"]), str(row["lo"]), str(row["hi"])
+
+
+def test_two_intervals_then_rerun_of_first_is_unchanged(ingest_dag) -> None:
+    from anomaly.store import Lake
+
+    lake = Lake()
+    first = run_interval(ingest_dag, T0)
+    assert first.state == "success"
+    after_first = fingerprint(lake)
+    assert after_first[0] == 3 * 15 * 60  # 3 hosts x 15 metrics x 60 one-minute steps
+    second = run_interval(ingest_dag, T0 + HOUR)
+    assert second.state == "success"
+    after_two = fingerprint(lake)
+    assert after_two[0] == 2 * after_first[0]
+    assert (after_two[2], after_two[3]) == ("2026-02-02 00:00:00+00:00", "2026-02-02 01:59:00+00:00")
+
+    rerun = run_interval(ingest_dag, T0)
+    assert rerun.state == "success"
+    assert fingerprint(lake) == after_two
+    per_interval = lake.query(
+        "SELECT date_trunc('hour', ts) AS h, count(*) AS n, count(DISTINCT (host, metric, ts)) AS k "
+        "FROM raw_metrics GROUP BY ALL ORDER BY h"
+    )
+    assert per_interval["n"].tolist() == per_interval["k"].tolist() == [2700, 2700]
+    runs = lake.query("SELECT count(*) AS n FROM ingest_log WHERE status = 'loaded'")
+    assert runs["n"][0] == 3
+
+
+def test_failed_source_fails_the_run_and_keeps_the_interval(ingest_dag, monkeypatch) -> None:
+    from anomaly.settings import get_settings
+    from anomaly.store import Lake
+
+    assert run_interval(ingest_dag, T0).state == "success"
+    before = fingerprint(Lake())
+    # Nothing listens on port 9 of loopback: a real connection failure, not a mock.
+    monkeypatch.setenv("ANOMALY_PROMETHEUS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ANOMALY_PROMETHEUS_RETRIES", "0")
+    get_settings.cache_clear()
+    failed = run_interval(ingest_dag, T0, source="prometheus")
+    assert failed.state == "failed"
+    assert fingerprint(Lake()) == before

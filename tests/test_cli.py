@@ -1,0 +1,61 @@
+"""The ``anomaly`` command: SQL in three formats, readable errors, manual ingest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from anomaly.cli import main
+from anomaly.ingest import ingest_interval
+from tests.conftest import FrameSource, grid_frame
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def _load(lake) -> None:  # noqa: ANN001
+    ingest_interval("files", T0, T0 + timedelta(hours=1), "r", source=FrameSource(grid_frame(T0, T0 + timedelta(hours=1))))
+
+
+def test_sql_formats(lake) -> None:
+    _load(lake)
+    runner = CliRunner()
+    query = "select host, count(*) as n from raw_metrics group by host order by host"
+    table = runner.invoke(main, ["sql", query])
+    assert table.exit_code == 0, table.output
+    assert "h1" in table.output and "120" in table.output and "2 row(s)" in table.output
+    csv = runner.invoke(main, ["sql", "--format", "csv", query])
+    assert csv.output.splitlines() == ["host,n", "h1,120", "h2,120"]
+    js = runner.invoke(main, ["sql", "--format", "json", "select min(ts) as t from raw_metrics"])
+    assert json.loads(js.output) == [{"t": "2026-05-01T00:00:00.000000Z"}]
+
+
+def test_sql_error_is_one_readable_line_and_exit_1(lake) -> None:
+    result = CliRunner().invoke(main, ["sql", "select * from no_such_table"])
+    assert result.exit_code == 1
+    assert "error: query failed" in result.output and "no_such_table" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_console_script_is_installed(lake) -> None:
+    exe = Path(sys.executable).parent / "anomaly"
+    out = subprocess.run([str(exe), "sql", "--format", "csv", "select count(*) as n from metric_catalog"],
+                         capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.splitlines() == ["n", "15"]
+
+
+def test_ingest_command_runs_the_same_path(lake) -> None:
+    result = CliRunner().invoke(main, ["ingest", "--source", "simulation", "--start", "2026-05-01T00:00Z",
+                                       "--end", "2026-05-01T00:10Z"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["rows_loaded"] == report["rows_fetched"] > 0
+
+
+def test_ingest_command_rejects_naive_bounds(lake) -> None:
+    result = CliRunner().invoke(main, ["ingest", "--start", "2026-05-01T00:00", "--end", "2026-05-01T01:00Z"])
+    assert result.exit_code == 1 and "has no time zone" in result.output

@@ -1,0 +1,145 @@
+"""Ingest: every kind of bad input gets a clear reason and lands in quarantine; nothing is lost."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly.ingest import IngestRejected, ingest_interval
+from tests.conftest import FrameSource, grid_frame
+
+START = datetime(2026, 3, 1, 10, tzinfo=UTC)
+END = START + timedelta(hours=1)
+
+
+def _ingest(frame, run_id="run-1", source="files", start=START, end=END):  # noqa: ANN001, ANN202
+    return ingest_interval(source, start, end, run_id, source=FrameSource(frame, source))
+
+
+def _quarantine(lake, run_id="run-1"):  # noqa: ANN001, ANN202
+    return lake.query("SELECT * FROM quarantine WHERE run_id = ? ORDER BY reason, host, metric, ts", [run_id])
+
+
+def test_clean_batch_loads_every_row_exactly(lake) -> None:
+    frame = grid_frame(START, END)
+    report = _ingest(frame)
+    assert report.rows_loaded == len(frame) == 240
+    got = lake.query("SELECT ts, host, metric, value FROM raw_metrics ORDER BY host, metric, ts")
+    want = frame.sort_values(["host", "metric", "ts"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert lake.query("SELECT count(*) AS n FROM quarantine")["n"][0] == 0
+    hosts = lake.query("SELECT host, first_seen, last_seen FROM hosts ORDER BY host")
+    assert hosts["host"].tolist() == ["h1", "h2"]
+    assert hosts["first_seen"][0] == pd.Timestamp(START)
+
+
+def test_rerun_replaces_the_interval_instead_of_adding(lake) -> None:
+    frame = grid_frame(START, END)
+    _ingest(frame, "run-1")
+    changed = frame.copy()
+    changed["value"] += 1.0
+    _ingest(changed, "run-2")
+    got = lake.query("SELECT count(*) AS n, sum(value) AS s, min(run_id) AS r FROM raw_metrics")
+    assert got["n"][0] == len(frame)
+    assert got["s"][0] == pytest.approx(changed["value"].sum())
+    assert got["r"][0] == "run-2"
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason", "raw"),
+    [
+        (lambda f: f.assign(value=f["value"].astype(object)).pipe(_set, "value", "n/a"), "non_numeric", "n/a"),
+        (lambda f: _set(f, "value", np.nan), "nan_value", "nan"),
+        (lambda f: _set(f, "value", np.inf), "infinite_value", "inf"),
+        (lambda f: _set(f, "metric", "cpu_utilisation"), "unknown_metric", None),
+        (lambda f: _set(f, "ts", pd.Timestamp(END)), "outside_interval", None),
+        (lambda f: _set(f, "host", ""), "missing_key", None),
+    ],
+    ids=["non_numeric", "nan", "infinite", "unknown_metric", "outside_interval", "empty_host"],
+)
+def test_bad_row_is_quarantined_with_reason_and_rest_loads(lake, corrupt, reason, raw) -> None:  # noqa: ANN001
+    frame = corrupt(grid_frame(START, END))
+    report = _ingest(frame)
+    assert report.rows_loaded == len(frame) - 1
+    assert report.rejects == {reason: 1}
+    q = _quarantine(lake)
+    assert q["reason"].tolist() == [reason]
+    assert q["detail"][0]
+    if raw is not None:
+        assert q["value_raw"][0] == raw
+    assert lake.query("SELECT count(*) AS n FROM raw_metrics")["n"][0] == len(frame) - 1
+
+
+def _set(frame: pd.DataFrame, column: str, value) -> pd.DataFrame:  # noqa: ANN001
+    frame = frame.copy()
+    if column == "ts":
+        frame[column] = frame[column].astype(object)
+    frame.loc[0, column] = value
+    return frame
+
+
+def test_duplicates_identical_copy_loads_once_conflicting_values_load_none(lake) -> None:
+    frame = grid_frame(START, END, hosts=("h1", "h2", "h3", "h4"))
+    twin = frame.iloc[[0]]
+    clash = frame.iloc[[1]].assign(value=frame["value"].iloc[1] + 5)
+    report = _ingest(pd.concat([frame, twin, clash], ignore_index=True))
+    assert report.rejects == {"duplicate_copy": 1, "duplicate": 2}
+    loaded = lake.query("SELECT count(*) AS n, count(DISTINCT (host, metric, ts)) AS k FROM raw_metrics")
+    assert loaded["n"][0] == loaded["k"][0] == len(frame) - 1  # the clashing key is held back whole
+    assert sorted(_quarantine(lake)["reason"]) == ["duplicate", "duplicate", "duplicate_copy"]
+
+
+def test_naive_timestamps_reject_the_batch_and_keep_the_interval(lake) -> None:
+    good = grid_frame(START, END)
+    _ingest(good, "run-0")
+    naive = good.assign(ts=good["ts"].dt.tz_localize(None))
+    with pytest.raises(IngestRejected) as err:
+        _ingest(naive, "run-1")
+    message = str(err.value)
+    assert "naive_timestamp" in message and "no time zone" in message
+    assert "[2026-03-01T10:00:00+00:00, 2026-03-01T11:00:00+00:00)" in message
+    # the interval keeps what it had; every row of the bad batch is kept in quarantine
+    assert lake.query("SELECT count(*) AS n FROM raw_metrics WHERE run_id = 'run-0'")["n"][0] == len(good)
+    q = _quarantine(lake)
+    assert len(q) == len(good) and set(q["reason"]) == {"naive_timestamp"}
+    log = lake.query("SELECT status, rows_loaded FROM ingest_log WHERE run_id = 'run-1'")
+    assert log.to_dict("records") == [{"status": "rejected", "rows_loaded": 0}]
+
+
+def test_reject_share_over_threshold_fails_and_quarantines_everything(lake, monkeypatch) -> None:
+    from anomaly.settings import get_settings
+
+    monkeypatch.setenv("ANOMALY_MAX_REJECT_SHARE", "0.0")
+    get_settings.cache_clear()
+    frame = _set(grid_frame(START, END), "value", np.nan)
+    with pytest.raises(IngestRejected, match=r"rejected 1 of 240 rows .*nan_value: 1"):
+        ingest_interval("files", START, END, "run-1", source=FrameSource(frame))
+    assert lake.query("SELECT count(*) AS n FROM raw_metrics")["n"][0] == 0
+    q = _quarantine(lake)
+    assert q["reason"].value_counts().to_dict() == {"batch_rejected": 239, "nan_value": 1}
+
+
+def test_same_key_from_another_source_is_quarantined_not_overwritten(lake) -> None:
+    frame = grid_frame(START, END)
+    _ingest(frame, "run-a", source="files")
+    other_hosts = grid_frame(START, END, hosts=("h3", "h4", "h5", "h6"))
+    report = _ingest(pd.concat([frame.iloc[:3], other_hosts]), "run-b", source="postgres")
+    assert report.rejects == {"source_conflict": 3}
+    owners = lake.query("SELECT host, min(source) AS s FROM raw_metrics WHERE host = 'h1' GROUP BY host")
+    assert owners["s"].tolist() == ["files"]
+    assert "already loaded from source 'files'" in _quarantine(lake, "run-b")["detail"][0]
+
+
+def test_task_retry_with_same_run_id_does_not_duplicate_quarantine(lake) -> None:
+    frame = _set(grid_frame(START, END), "value", np.inf)
+    _ingest(frame, "run-1")
+    _ingest(frame, "run-1")
+    assert len(_quarantine(lake)) == 1
+
+
+def test_interval_bounds_must_be_aware(lake) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        ingest_interval("files", START.replace(tzinfo=None), END, "r", source=FrameSource(grid_frame(START, END)))
