@@ -118,7 +118,7 @@ def _serve_fleet(console, settings, n_hosts: int, start: datetime, end: datetime
     console.print(f"rendered {samples:,} node_exporter samples in {time.perf_counter() - t0:.1f}s -> {om}")
     t0 = time.perf_counter()
     with console.status("backfilling the Prometheus TSDB with promtool..."):
-        backfill(om, work / "tsdb")
+        backfill(om, work / "tsdb", expected_samples=samples)
     console.print(f"promtool backfilled the TSDB in {time.perf_counter() - t0:.1f}s")
     om.unlink()
     server = PrometheusServer(work / "tsdb")

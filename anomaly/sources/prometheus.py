@@ -401,7 +401,9 @@ class PrometheusSource:
         except requests.exceptions.SSLError as exc:
             raise _Failure(f"TLS error: {exc}", retryable=False) from None
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            raise _Failure(f"connection error: {type(exc).__name__}: {exc}", retryable=True) from None
+            raise _Failure(
+                f"connection error: {type(exc).__name__}: {_reason(exc)}", retryable=True
+            ) from None
         except requests.RequestException as exc:
             raise _Failure(f"request error: {type(exc).__name__}: {exc}", retryable=False) from None
 
@@ -465,6 +467,16 @@ def _error_text(resp: requests.Response) -> str:
     if not body:
         return f" {resp.reason}" if resp.reason else ""
     return f": {body[:300]}{'...' if len(body) > 300 else ''}"
+
+
+def _reason(exc: Exception) -> str:
+    """The informative tail of a requests/urllib3 error, e.g. ``[Errno 111] Connection refused``."""
+    inner = exc.args[0] if exc.args else None
+    text = str(getattr(inner, "reason", None) or inner or exc)
+    # urllib3 prefixes "HTTPConnectionPool(host=..., port=...): " -- the URL is in our message already.
+    if text.startswith(("HTTPConnection", "HTTPSConnection")) and "): " in text:
+        text = text.split("): ", 1)[1]
+    return text
 
 
 def _retry_after(value: str | None) -> float | None:
