@@ -116,7 +116,9 @@ def _parse_value(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
         return pd.Series(np.nan, index=raw.index, dtype="float64"), reason
     if pd.api.types.is_numeric_dtype(raw.dtype):
         values = raw.astype("float64")
-        missing = raw.isna().to_numpy() if not pd.api.types.is_float_dtype(raw.dtype) else np.zeros(len(raw), bool)
+        missing = (
+            raw.isna().to_numpy() if not pd.api.types.is_float_dtype(raw.dtype) else np.zeros(len(raw), bool)
+        )
     else:
         values = pd.to_numeric(raw, errors="coerce").astype("float64")
         # In an object column a float NaN is a value ('NaN'), only None/NA/NaT mean "no value".
@@ -173,8 +175,11 @@ def check_batch(
     metric = batch["metric"].astype("object")
 
     reason = ts_reason.copy()
-    empty_key = host.isna() | metric.isna() | (host.astype(str).str.strip() == "") | (
-        metric.astype(str).str.strip() == ""
+    empty_key = (
+        host.isna()
+        | metric.isna()
+        | (host.astype(str).str.strip() == "")
+        | (metric.astype(str).str.strip() == "")
     )
     reason[(reason == "") & empty_key] = "missing_key"
     start_ts, end_ts = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
@@ -205,8 +210,12 @@ def check_batch(
         {
             "ts": ts[bad],
             "ts_raw": _as_text(batch["ts"][bad]),
-            "host": host[bad].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)),
-            "metric": metric[bad].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)),
+            "host": host[bad].map(
+                lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+            ),
+            "metric": metric[bad].map(
+                lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+            ),
             "value": value[bad],
             "value_raw": _as_text(batch["value"][bad]),
             "reason": reason[bad].astype(str),
@@ -214,9 +223,13 @@ def check_batch(
     )
     rejected["detail"] = rejected["reason"].map(REASONS)
     window = f"[{start_ts.isoformat()}, {end_ts.isoformat()})"
-    rejected.loc[rejected["reason"] == "outside_interval", "detail"] = f"timestamp is outside the data interval {window}"
+    rejected.loc[rejected["reason"] == "outside_interval", "detail"] = (
+        f"timestamp is outside the data interval {window}"
+    )
     counts = rejected["reason"].value_counts().to_dict()
-    return CheckResult(accepted, rejected.reset_index(drop=True), total, {str(k): int(v) for k, v in counts.items()})
+    return CheckResult(
+        accepted, rejected.reset_index(drop=True), total, {str(k): int(v) for k, v in counts.items()}
+    )
 
 
 def _empty_accepted() -> pd.DataFrame:

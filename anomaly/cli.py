@@ -40,16 +40,29 @@ def main(verbose: bool) -> None:
     """Batch anomaly detection for infrastructure metrics."""
     import logging
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 @main.command()
 @click.argument("query")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True, help="Output format.")
-@click.option("--limit", type=int, default=1000, show_default=True,
-              help="Rows printed in table format (csv and json print all).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--limit",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Rows printed in table format (csv and json print all).",
+)
 def sql(query: str, fmt: str, limit: int) -> None:
     """Run a read-only SQL QUERY against the lake (tables: raw_metrics, hosts, ...)."""
     import duckdb
@@ -132,8 +145,13 @@ def info() -> None:
 @main.command()
 @click.option("--hosts", type=int, default=20, show_default=True, help="Simulated hosts.")
 @click.option("--days", type=float, default=2.0, show_default=True, help="Days of history.")
-@click.option("--source", type=click.Choice(["auto", "prometheus", "simulation"]), default="auto",
-              show_default=True, help="auto: Prometheus when installed, else the simulation directly.")
+@click.option(
+    "--source",
+    type=click.Choice(["auto", "prometheus", "simulation"]),
+    default="auto",
+    show_default=True,
+    help="auto: Prometheus when installed, else the simulation directly.",
+)
 def demo(hosts: int, days: float, source: str) -> None:
     """Simulate a fleet, serve it from a local Prometheus, ingest it through the Airflow DAG."""
     from anomaly.demo import run_demo

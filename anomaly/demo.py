@@ -33,11 +33,11 @@ def _airflow_env(home: Path) -> None:
 
 def run_demo(n_hosts: int = 20, days: float = 2.0, source: str = "auto", schedule: str | None = None) -> None:
     """Run the whole demo; raises SystemExit with a readable message on failure."""
+    import warnings
+
     from rich.console import Console
 
     from anomaly.settings import get_settings
-
-    import warnings
 
     # Airflow's own deprecation chatter is not the user's business during a demo.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -58,15 +58,21 @@ def run_demo(n_hosts: int = 20, days: float = 2.0, source: str = "auto", schedul
 
     use_prometheus = source == "prometheus" or (source == "auto" and prometheus_available())
     if use_prometheus and not prometheus_available():
-        raise SystemExit("error: --source prometheus, but prometheus/promtool are not on PATH "
-                         "(Debian: apt-get install prometheus)")
+        raise SystemExit(
+            "error: --source prometheus, but prometheus/promtool are not on PATH "
+            "(Debian: apt-get install prometheus)"
+        )
     if not use_prometheus:
-        console.print("[yellow]Prometheus is not installed here (needs root: apt-get install prometheus); "
-                      "ingesting from the simulation source directly.[/yellow]")
+        console.print(
+            "[yellow]Prometheus is not installed here (needs root: apt-get install prometheus); "
+            "ingesting from the simulation source directly.[/yellow]"
+        )
 
     console.rule("[bold]anomaly demo")
-    console.print(f"fleet: {n_hosts} simulated hosts, {days:g} days [{start:%Y-%m-%d %H:%M}, "
-                  f"{end:%Y-%m-%d %H:%M}) UTC, one sample per {settings.step_seconds}s")
+    console.print(
+        f"fleet: {n_hosts} simulated hosts, {days:g} days [{start:%Y-%m-%d %H:%M}, "
+        f"{end:%Y-%m-%d %H:%M}) UTC, one sample per {settings.step_seconds}s"
+    )
     console.print(f"lake:  {settings.home}")
 
     with console.status("preparing the Airflow metadata database (first run only takes a while)..."):
@@ -86,20 +92,27 @@ def run_demo(n_hosts: int = 20, days: float = 2.0, source: str = "auto", schedul
         if server is not None:
             server.stop()
 
-    _report(console, get_settings(), fetch_seconds, rows, time.perf_counter() - wall0,
-            "prometheus" if use_prometheus else "simulation")
+    _report(
+        console,
+        get_settings(),
+        fetch_seconds,
+        rows,
+        time.perf_counter() - wall0,
+        "prometheus" if use_prometheus else "simulation",
+    )
 
 
 def _airflow_db_migrate() -> None:
     import subprocess
 
-    out = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True, check=False
+    )
     if out.returncode != 0:
         raise SystemExit(f"error: 'airflow db migrate' failed:\n{out.stderr[-2000:]}")
 
 
-def _serve_fleet(console, settings, n_hosts: int, start: datetime, end: datetime):  # noqa: ANN001, ANN202
+def _serve_fleet(console, settings, n_hosts: int, start: datetime, end: datetime):
     from anomaly.promlocal import PrometheusServer, backfill, write_openmetrics
     from anomaly.simulate.exporter import node_exporter_series
     from anomaly.simulate.fleet import make_fleet
@@ -111,8 +124,9 @@ def _serve_fleet(console, settings, n_hosts: int, start: datetime, end: datetime
     # render 30 minutes before the window so rate() windows at its start are full
     t0 = time.perf_counter()
     with console.status("rendering node_exporter series..."):
-        series = node_exporter_series(fleet, start - timedelta(minutes=30), end, settings.step_seconds,
-                                      settings.sim_seed)
+        series = node_exporter_series(
+            fleet, start - timedelta(minutes=30), end, settings.step_seconds, settings.sim_seed
+        )
         om = work / "fleet.om"
         samples = write_openmetrics(series, om)
     console.print(f"rendered {samples:,} node_exporter samples in {time.perf_counter() - t0:.1f}s -> {om}")
@@ -128,7 +142,7 @@ def _serve_fleet(console, settings, n_hosts: int, start: datetime, end: datetime
     return server
 
 
-def _run_dag(console, start: datetime, end: datetime) -> tuple[float, int]:  # noqa: ANN001
+def _run_dag(console, start: datetime, end: datetime) -> tuple[float, int]:
     from airflow.dag_processing.dagbag import DagBag
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -137,24 +151,36 @@ def _run_dag(console, start: datetime, end: datetime) -> tuple[float, int]:  # n
         raise SystemExit(f"error: DAG ingest_metrics not found in {REPO / 'dags'}")
     ends = interval_ends(dag.timetable, start, end)
     fetch_seconds, rows = 0.0, 0
-    with Progress(TextColumn("ingest_metrics"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=console) as progress:
+    with Progress(
+        TextColumn("ingest_metrics"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+    ) as progress:
         bar = progress.add_task("", total=len(ends))
         for interval_end in ends:
             dr = dag.test(logical_date=interval_end)
             if dr.state != "success":
-                raise SystemExit(f"error: ingest_metrics failed for the interval ending {interval_end}; "
-                                 f"see the task log under {os.environ['AIRFLOW_HOME']}/logs")
+                raise SystemExit(
+                    f"error: ingest_metrics failed for the interval ending {interval_end}; "
+                    f"see the task log under {os.environ['AIRFLOW_HOME']}/logs"
+                )
             report = _last_report(dr)
             if report:
                 fetch_seconds += report["fetch_seconds"]
                 rows += report["rows_loaded"]
-            progress.update(bar, advance=1, description=f"{dr.data_interval_start:%m-%d %H:%M} .. "
-                                                        f"{dr.data_interval_end:%H:%M}  {rows:,} rows")
+            progress.update(
+                bar,
+                advance=1,
+                description=f"{dr.data_interval_start:%m-%d %H:%M} .. "
+                f"{dr.data_interval_end:%H:%M}  {rows:,} rows",
+            )
     return fetch_seconds, rows
 
 
-def interval_ends(timetable, start: datetime, end: datetime) -> list[datetime]:  # noqa: ANN001
+def interval_ends(timetable, start: datetime, end: datetime) -> list[datetime]:
     """Ends of the timetable's data intervals that lie inside ``[start, end]``, in order."""
     import pendulum
 
@@ -168,13 +194,16 @@ def interval_ends(timetable, start: datetime, end: datetime) -> list[datetime]: 
     return ends
 
 
-def _last_report(dr) -> dict | None:  # noqa: ANN001
+def _last_report(dr) -> dict | None:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = session.query(XComModel).filter_by(dag_id=dr.dag_id, run_id=dr.run_id, task_id="ingest",
-                                                 key="return_value").one_or_none()
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id=dr.dag_id, run_id=dr.run_id, task_id="ingest", key="return_value")
+            .one_or_none()
+        )
         if row is None:
             return None
         value = row.value
@@ -183,7 +212,7 @@ def _last_report(dr) -> dict | None:  # noqa: ANN001
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _report(console, settings, fetch_seconds: float, rows: int, wall: float, source: str) -> None:  # noqa: ANN001
+def _report(console, settings, fetch_seconds: float, rows: int, wall: float, source: str) -> None:
     from rich.table import Table
 
     from anomaly.store import Lake, duckdb_cli_lines
@@ -195,8 +224,12 @@ def _report(console, settings, fetch_seconds: float, rows: int, wall: float, sou
     if counts.empty:
         raise SystemExit("error: nothing landed in raw_metrics; see the task logs")
     hosts = lake.query("SELECT host, role, environment FROM hosts")
-    per_host = (counts.groupby("host")["n"].agg(metrics="count", rows="sum", lo="min", hi="max")
-                .reset_index().merge(hosts, on="host", how="left"))
+    per_host = (
+        counts.groupby("host")["n"]
+        .agg(metrics="count", rows="sum", lo="min", hi="max")
+        .reset_index()
+        .merge(hosts, on="host", how="left")
+    )
     table = Table(title=f"raw_metrics per host (source = {source})", header_style="bold")
     # Prometheus knows no roles unless your relabelling adds them; show the columns when known
     known = per_host["role"].notna().any()
@@ -209,10 +242,16 @@ def _report(console, settings, fetch_seconds: float, rows: int, wall: float, sou
         table.add_row(*meta, str(r.metrics), f"{r.rows:,}", spread)
     console.print(table)
 
-    per_metric = counts.groupby("metric")["n"].agg(hosts="count", rows="sum", lo="min", hi="max").reset_index()
+    per_metric = (
+        counts.groupby("metric")["n"].agg(hosts="count", rows="sum", lo="min", hi="max").reset_index()
+    )
     table = Table(title="raw_metrics per metric", header_style="bold")
-    for col, justify in [("metric", "left"), ("hosts", "right"), ("rows", "right"),
-                         ("rows per host", "right")]:
+    for col, justify in [
+        ("metric", "left"),
+        ("hosts", "right"),
+        ("rows", "right"),
+        ("rows per host", "right"),
+    ]:
         table.add_column(col, justify=justify)
     for r in per_metric.itertuples():
         spread = f"{r.lo:,}" if r.lo == r.hi else f"{r.lo:,}-{r.hi:,}"
@@ -221,17 +260,27 @@ def _report(console, settings, fetch_seconds: float, rows: int, wall: float, sou
 
     q = int(lake.query("SELECT count(*) AS n FROM quarantine WHERE source = ?", [source])["n"][0])
     total = int(counts["n"].sum())
-    console.print(f"[bold]{total:,}[/bold] rows from {counts['host'].nunique()} hosts x "
-                  f"{counts['metric'].nunique()} metrics in raw_metrics; {q:,} rows in quarantine.")
+    console.print(
+        f"[bold]{total:,}[/bold] rows from {counts['host'].nunique()} hosts x "
+        f"{counts['metric'].nunique()} metrics in raw_metrics; {q:,} rows in quarantine."
+    )
     if fetch_seconds > 0:
-        console.print(f"{source} fetch: {rows:,} rows in {fetch_seconds:.1f}s = "
-                      f"[bold]{rows / fetch_seconds:,.0f} rows/s[/bold]")
+        console.print(
+            f"{source} fetch: {rows:,} rows in {fetch_seconds:.1f}s = "
+            f"[bold]{rows / fetch_seconds:,.0f} rows/s[/bold]"
+        )
     console.print(f"demo wall time: {wall:.0f}s\n")
     console.print("[bold]Query it[/bold] (per host and metric, any SQL):")
-    console.print('  uv run anomaly sql "select host, metric, count(*), avg(value) from raw_metrics group by all order by all"',
-                  highlight=False, soft_wrap=True)
-    console.print("  uv run anomaly sql --format csv \"select * from raw_metrics where host = 'web-prod-01'\"",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        '  uv run anomaly sql "select host, metric, count(*), avg(value) from raw_metrics group by all order by all"',
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        "  uv run anomaly sql --format csv \"select * from raw_metrics where host = 'web-prod-01'\"",
+        highlight=False,
+        soft_wrap=True,
+    )
     console.print("  uv run duckdb     # the plain DuckDB CLI; then paste:", highlight=False)
     for line in duckdb_cli_lines(settings).splitlines():
         console.print(f"    {line}", highlight=False, soft_wrap=True)

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from anomaly import registry
-from anomaly.checks import CheckResult, check_batch
+from anomaly.checks import REASONS, CheckResult, check_batch
 from anomaly.settings import Settings, get_settings
 from anomaly.sources.base import require_aware, to_utc
 
@@ -86,8 +86,14 @@ def ingest_interval(
     t0 = time.perf_counter()
     batch = src.fetch(start, end)
     fetch_seconds = time.perf_counter() - t0
-    log.info("fetched %d rows from %s for [%s, %s) in %.2fs", len(batch), source_name,
-             start.isoformat(), end.isoformat(), fetch_seconds)
+    log.info(
+        "fetched %d rows from %s for [%s, %s) in %.2fs",
+        len(batch),
+        source_name,
+        start.isoformat(),
+        end.isoformat(),
+        fetch_seconds,
+    )
 
     t1 = time.perf_counter()
     result = check_batch(batch, start, end, set(lake.metric_kinds()))
@@ -131,8 +137,22 @@ def ingest_interval(
     return report
 
 
-def _interval_params(start: datetime, end: datetime) -> list[Any]:
-    return [start, end]
+def _as_rejected(rows: pd.DataFrame, reason: str, detail: str | list[str]) -> pd.DataFrame:
+    """Canonical rows that passed the row checks, in the quarantine layout with a reason."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "ts": rows["ts"],
+            "ts_raw": rows["ts"].astype(str),
+            "host": rows["host"],
+            "metric": rows["metric"],
+            "value": rows["value"],
+            "value_raw": rows["value"].astype(str),
+            "reason": reason,
+            "detail": detail,
+        }
+    )
 
 
 def _mark_source_conflicts(
@@ -163,17 +183,10 @@ def _mark_source_conflicts(
     moved = acc.loc[hit].copy()
     other = clash.set_index(["ts", "host", "metric"])["other"]
     moved_other = [other.get(k, "?") for k in zip(moved["ts"], moved["host"], moved["metric"], strict=True)]
-    rejected = pd.DataFrame(
-        {
-            "ts": moved["ts"],
-            "ts_raw": moved["ts"].astype(str),
-            "host": moved["host"],
-            "metric": moved["metric"],
-            "value": moved["value"],
-            "value_raw": moved["value"].astype(str),
-            "reason": "source_conflict",
-            "detail": [f"(host, metric, ts) already loaded from source {o!r}" for o in moved_other],
-        }
+    rejected = _as_rejected(
+        moved,
+        "source_conflict",
+        [f"(host, metric, ts) already loaded from source {o!r}" for o in moved_other],
     )
     result.accepted = acc.loc[~hit].reset_index(drop=True)
     result.rejected = pd.concat([result.rejected, rejected], ignore_index=True)
@@ -181,7 +194,11 @@ def _mark_source_conflicts(
 
 
 def _replace_interval(
-    con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, source_name: str, start: datetime, end: datetime,
+    con: duckdb.DuckDBPyConnection,
+    rows: pd.DataFrame,
+    source_name: str,
+    start: datetime,
+    end: datetime,
     run_id: str,
 ) -> None:
     con.execute(
@@ -202,8 +219,12 @@ def _replace_interval(
 
 
 def _write_quarantine(
-    con: duckdb.DuckDBPyConnection, rejected: pd.DataFrame, source_name: str, start: datetime,
-    end: datetime, run_id: str,
+    con: duckdb.DuckDBPyConnection,
+    rejected: pd.DataFrame,
+    source_name: str,
+    start: datetime,
+    end: datetime,
+    run_id: str,
 ) -> None:
     # A task retry reuses its run id: replace that run's rows instead of adding copies.
     con.execute(
@@ -278,7 +299,11 @@ def _upsert_hosts(
 
 
 def _log_run(
-    con: duckdb.DuckDBPyConnection, report: IngestReport, status: str, start: datetime, end: datetime,
+    con: duckdb.DuckDBPyConnection,
+    report: IngestReport,
+    status: str,
+    start: datetime,
+    end: datetime,
     message: str | None,
 ) -> None:
     con.execute(
@@ -287,33 +312,44 @@ def _log_run(
             rows_fetched, rows_loaded, rows_quarantined, message, finished_at)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now())
         """,
-        [report.run_id, report.source, start, end, status, report.rows_fetched,
-         report.rows_loaded if status == "loaded" else 0, report.rows_quarantined, message],
+        [
+            report.run_id,
+            report.source,
+            start,
+            end,
+            status,
+            report.rows_fetched,
+            report.rows_loaded if status == "loaded" else 0,
+            report.rows_quarantined,
+            message,
+        ],
     )
 
 
 def _quarantine_whole_batch(
-    lake: Lake, result: CheckResult, source_name: str, start: datetime, end: datetime, run_id: str,
+    lake: Lake,
+    result: CheckResult,
+    source_name: str,
+    start: datetime,
+    end: datetime,
+    run_id: str,
     message: str,
 ) -> None:
     import pandas as pd
 
-    acc = result.accepted
-    passed = pd.DataFrame(
-        {
-            "ts": acc["ts"],
-            "ts_raw": acc["ts"].astype(str),
-            "host": acc["host"],
-            "metric": acc["metric"],
-            "value": acc["value"],
-            "value_raw": acc["value"].astype(str),
-            "reason": "batch_rejected",
-            "detail": "row passed its checks, but the batch was rejected as a whole",
-        }
-    )
+    passed = _as_rejected(result.accepted, "batch_rejected", REASONS["batch_rejected"])
     everything = pd.concat([result.rejected, passed], ignore_index=True) if len(passed) else result.rejected
-    report = IngestReport(source_name, start.isoformat(), end.isoformat(), run_id, result.total, 0,
-                          len(everything), 0, dict(result.counts))
+    report = IngestReport(
+        source_name,
+        start.isoformat(),
+        end.isoformat(),
+        run_id,
+        result.total,
+        0,
+        len(everything),
+        0,
+        dict(result.counts),
+    )
 
     def work(con: duckdb.DuckDBPyConnection) -> None:
         _write_quarantine(con, everything, source_name, start, end, run_id)

@@ -28,39 +28,109 @@ class Metric:
 
 
 DEFAULT_METRICS: tuple[Metric, ...] = (
-    Metric("cpu_util", "ratio", "ratio", "Share of CPU time not idle, averaged over cores",
-           '1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[$rate]))'),
+    Metric(
+        "cpu_util",
+        "ratio",
+        "ratio",
+        "Share of CPU time not idle, averaged over cores",
+        '1 - avg by (instance) (rate(node_cpu_seconds_total{mode="idle"}[$rate]))',
+    ),
     Metric("load1", "tasks", "gauge", "1-minute load average", "avg by (instance) (node_load1)"),
-    Metric("mem_util", "ratio", "ratio", "Share of memory in use (1 - available / total)",
-           "1 - sum by (instance) (node_memory_MemAvailable_bytes)"
-           " / sum by (instance) (node_memory_MemTotal_bytes)"),
-    Metric("swap_util", "ratio", "ratio", "Share of swap in use",
-           # (total - free) / total, and 0 on hosts without swap instead of 0/0
-           "(sum by (instance) (node_memory_SwapTotal_bytes) - sum by (instance) (node_memory_SwapFree_bytes))"
-           " / clamp_min(sum by (instance) (node_memory_SwapTotal_bytes), 1)"),
-    Metric("disk_util", "ratio", "ratio", "Share of the root filesystem in use",
-           '1 - sum by (instance) (node_filesystem_avail_bytes{mountpoint="/"})'
-           ' / sum by (instance) (node_filesystem_size_bytes{mountpoint="/"})'),
-    Metric("disk_read_bytes", "bytes/s", "rate", "Bytes read from disks per second",
-           "sum by (instance) (rate(node_disk_read_bytes_total[$rate]))"),
-    Metric("disk_write_bytes", "bytes/s", "rate", "Bytes written to disks per second",
-           "sum by (instance) (rate(node_disk_written_bytes_total[$rate]))"),
-    Metric("disk_io_time", "ratio", "ratio", "Share of time the busiest disk was doing IO",
-           "max by (instance) (rate(node_disk_io_time_seconds_total[$rate]))"),
-    Metric("net_in_bytes", "bytes/s", "rate", "Bytes received per second",
-           f"sum by (instance) (rate(node_network_receive_bytes_total{{{_NET}}}[$rate]))"),
-    Metric("net_out_bytes", "bytes/s", "rate", "Bytes sent per second",
-           f"sum by (instance) (rate(node_network_transmit_bytes_total{{{_NET}}}[$rate]))"),
-    Metric("net_in_packets", "packets/s", "rate", "Packets received per second",
-           f"sum by (instance) (rate(node_network_receive_packets_total{{{_NET}}}[$rate]))"),
-    Metric("net_out_packets", "packets/s", "rate", "Packets sent per second",
-           f"sum by (instance) (rate(node_network_transmit_packets_total{{{_NET}}}[$rate]))"),
-    Metric("tcp_retransmits", "segments/s", "rate", "TCP segments retransmitted per second",
-           "sum by (instance) (rate(node_netstat_Tcp_RetransSegs[$rate]))"),
-    Metric("tcp_established", "connections", "gauge", "TCP connections in ESTABLISHED state",
-           "sum by (instance) (node_netstat_Tcp_CurrEstab)"),
-    Metric("procs_running", "processes", "gauge", "Processes in runnable state",
-           "sum by (instance) (node_procs_running)"),
+    Metric(
+        "mem_util",
+        "ratio",
+        "ratio",
+        "Share of memory in use (1 - available / total)",
+        "1 - sum by (instance) (node_memory_MemAvailable_bytes)"
+        " / sum by (instance) (node_memory_MemTotal_bytes)",
+    ),
+    Metric(
+        "swap_util",
+        "ratio",
+        "ratio",
+        "Share of swap in use",
+        # (total - free) / total, and 0 on hosts without swap instead of 0/0
+        "(sum by (instance) (node_memory_SwapTotal_bytes) - sum by (instance) (node_memory_SwapFree_bytes))"
+        " / clamp_min(sum by (instance) (node_memory_SwapTotal_bytes), 1)",
+    ),
+    Metric(
+        "disk_util",
+        "ratio",
+        "ratio",
+        "Share of the root filesystem in use",
+        '1 - sum by (instance) (node_filesystem_avail_bytes{mountpoint="/"})'
+        ' / sum by (instance) (node_filesystem_size_bytes{mountpoint="/"})',
+    ),
+    Metric(
+        "disk_read_bytes",
+        "bytes/s",
+        "rate",
+        "Bytes read from disks per second",
+        "sum by (instance) (rate(node_disk_read_bytes_total[$rate]))",
+    ),
+    Metric(
+        "disk_write_bytes",
+        "bytes/s",
+        "rate",
+        "Bytes written to disks per second",
+        "sum by (instance) (rate(node_disk_written_bytes_total[$rate]))",
+    ),
+    Metric(
+        "disk_io_time",
+        "ratio",
+        "ratio",
+        "Share of time the busiest disk was doing IO",
+        "max by (instance) (rate(node_disk_io_time_seconds_total[$rate]))",
+    ),
+    Metric(
+        "net_in_bytes",
+        "bytes/s",
+        "rate",
+        "Bytes received per second",
+        f"sum by (instance) (rate(node_network_receive_bytes_total{{{_NET}}}[$rate]))",
+    ),
+    Metric(
+        "net_out_bytes",
+        "bytes/s",
+        "rate",
+        "Bytes sent per second",
+        f"sum by (instance) (rate(node_network_transmit_bytes_total{{{_NET}}}[$rate]))",
+    ),
+    Metric(
+        "net_in_packets",
+        "packets/s",
+        "rate",
+        "Packets received per second",
+        f"sum by (instance) (rate(node_network_receive_packets_total{{{_NET}}}[$rate]))",
+    ),
+    Metric(
+        "net_out_packets",
+        "packets/s",
+        "rate",
+        "Packets sent per second",
+        f"sum by (instance) (rate(node_network_transmit_packets_total{{{_NET}}}[$rate]))",
+    ),
+    Metric(
+        "tcp_retransmits",
+        "segments/s",
+        "rate",
+        "TCP segments retransmitted per second",
+        "sum by (instance) (rate(node_netstat_Tcp_RetransSegs[$rate]))",
+    ),
+    Metric(
+        "tcp_established",
+        "connections",
+        "gauge",
+        "TCP connections in ESTABLISHED state",
+        "sum by (instance) (node_netstat_Tcp_CurrEstab)",
+    ),
+    Metric(
+        "procs_running",
+        "processes",
+        "gauge",
+        "Processes in runnable state",
+        "sum by (instance) (node_procs_running)",
+    ),
 )
 
 DEFAULT_METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in DEFAULT_METRICS)

@@ -148,7 +148,9 @@ class Lake:
             # Timestamps are UTC everywhere: never let the host's zone leak into results.
             con.execute("SET GLOBAL TimeZone = 'UTC'")
             con.execute(f"LOAD {_quote_literal(str(extension_path('ducklake')))}")
-            con.execute(f"LOAD {_quote_literal(str(extension_path(self.settings.catalog, self.settings.home / 'extensions')))}")
+            con.execute(
+                f"LOAD {_quote_literal(str(extension_path(self.settings.catalog, self.settings.home / 'extensions')))}"
+            )
             data_path = self.settings.lake_data_path
             if "://" not in data_path:
                 Path(data_path).mkdir(parents=True, exist_ok=True)
@@ -216,8 +218,14 @@ class Lake:
                         pass
                     if attempt < attempts and is_retryable(exc):
                         delay = min(0.05 * 2**attempt, 2.0) * (0.5 + random.random())
-                        log.info("%s: commit conflict (attempt %d/%d), retrying in %.2fs: %s",
-                                 what, attempt, attempts, delay, exc)
+                        log.info(
+                            "%s: commit conflict (attempt %d/%d), retrying in %.2fs: %s",
+                            what,
+                            attempt,
+                            attempts,
+                            delay,
+                            exc,
+                        )
                         time.sleep(delay)
                         continue
                     raise
@@ -259,7 +267,9 @@ class Lake:
         }
         applied: set[str] = set()
         if registry.SCHEMA_MIGRATIONS in existing:
-            applied = {r[0] for r in con.execute(f"SELECT version FROM {registry.SCHEMA_MIGRATIONS}").fetchall()}
+            applied = {
+                r[0] for r in con.execute(f"SELECT version FROM {registry.SCHEMA_MIGRATIONS}").fetchall()
+            }
         pending = [f for f in files if f.stem not in applied]
         have: set[str] = set()
         if registry.METRIC_CATALOG in existing:

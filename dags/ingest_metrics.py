@@ -42,8 +42,9 @@ raw_metrics = Asset(ASSET_RAW_METRICS)
         "retry_exponential_backoff": True,
     },
     params={
-        "source": Param(settings.source, type="string", enum=list(SOURCE_NAMES),
-                        description="Where to read metrics from."),
+        "source": Param(
+            settings.source, type="string", enum=list(SOURCE_NAMES), description="Where to read metrics from."
+        ),
     },
     tags=["anomaly", "ingest"],
     doc_md=__doc__,

@@ -73,15 +73,15 @@ def lake(anomaly_home: Path):
 class FrameSource:
     """A source that returns a given frame: feeds hand-made batches through the real ingest path."""
 
-    def __init__(self, frame, name: str = "files") -> None:  # noqa: ANN001
+    def __init__(self, frame, name: str = "files") -> None:
         self.frame = frame
         self.name = name
 
-    def fetch(self, start, end):  # noqa: ANN001, ANN201
+    def fetch(self, start, end):
         return self.frame.copy()
 
 
-def grid_frame(start, end, hosts=("h1", "h2"), metrics=("cpu_util", "load1"), step: int = 60):  # noqa: ANN001, ANN201
+def grid_frame(start, end, hosts=("h1", "h2"), metrics=("cpu_util", "load1"), step: int = 60):
     """A clean canonical frame on a step grid with distinct, exactly representable values."""
     import numpy as np
     import pandas as pd
@@ -94,7 +94,7 @@ def grid_frame(start, end, hosts=("h1", "h2"), metrics=("cpu_util", "load1"), st
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """In CI nothing may be skipped: a skip there is a missing install step, so it fails."""
     outcome = yield
     report = outcome.get_result()

@@ -17,8 +17,10 @@ from tests.conftest import FrameSource, grid_frame
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
 
-def _load(lake) -> None:  # noqa: ANN001
-    ingest_interval("files", T0, T0 + timedelta(hours=1), "r", source=FrameSource(grid_frame(T0, T0 + timedelta(hours=1))))
+def _load(lake) -> None:
+    ingest_interval(
+        "files", T0, T0 + timedelta(hours=1), "r", source=FrameSource(grid_frame(T0, T0 + timedelta(hours=1)))
+    )
 
 
 def test_sql_formats(lake) -> None:
@@ -43,14 +45,21 @@ def test_sql_error_is_one_readable_line_and_exit_1(lake) -> None:
 
 def test_console_script_is_installed(lake) -> None:
     exe = Path(sys.executable).parent / "anomaly"
-    out = subprocess.run([str(exe), "sql", "--format", "csv", "select count(*) as n from metric_catalog"],
-                         capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run(
+        [str(exe), "sql", "--format", "csv", "select count(*) as n from metric_catalog"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     assert out.stdout.splitlines() == ["n", "15"]
 
 
 def test_ingest_command_runs_the_same_path(lake) -> None:
-    result = CliRunner().invoke(main, ["ingest", "--source", "simulation", "--start", "2026-05-01T00:00Z",
-                                       "--end", "2026-05-01T00:10Z"])
+    result = CliRunner().invoke(
+        main,
+        ["ingest", "--source", "simulation", "--start", "2026-05-01T00:00Z", "--end", "2026-05-01T00:10Z"],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["rows_loaded"] == report["rows_fetched"] > 0

@@ -21,8 +21,14 @@ def test_demo_ingests_every_host_and_metric_and_says_how_to_query(tmp_path: Path
         "COLUMNS": "200",
     }
     exe = Path(sys.executable).parent / "anomaly"
-    out = subprocess.run([str(exe), "demo", "--hosts", "4", "--days", "0.5", "--source", source],
-                         capture_output=True, text=True, env=env, timeout=600, check=False)
+    out = subprocess.run(
+        [str(exe), "demo", "--hosts", "4", "--days", "0.5", "--source", source],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     # 4 hosts x 15 metrics x 2 six-hour intervals of one-minute samples

@@ -15,11 +15,11 @@ START = datetime(2026, 3, 1, 10, tzinfo=UTC)
 END = START + timedelta(hours=1)
 
 
-def _ingest(frame, run_id="run-1", source="files", start=START, end=END):  # noqa: ANN001, ANN202
+def _ingest(frame, run_id="run-1", source="files", start=START, end=END):
     return ingest_interval(source, start, end, run_id, source=FrameSource(frame, source))
 
 
-def _quarantine(lake, run_id="run-1"):  # noqa: ANN001, ANN202
+def _quarantine(lake, run_id="run-1"):
     return lake.query("SELECT * FROM quarantine WHERE run_id = ? ORDER BY reason, host, metric, ts", [run_id])
 
 
@@ -51,7 +51,11 @@ def test_rerun_replaces_the_interval_instead_of_adding(lake) -> None:
 @pytest.mark.parametrize(
     ("corrupt", "reason", "raw"),
     [
-        (lambda f: f.assign(value=f["value"].astype(object)).pipe(_set, "value", "n/a"), "non_numeric", "n/a"),
+        (
+            lambda f: f.assign(value=f["value"].astype(object)).pipe(_set, "value", "n/a"),
+            "non_numeric",
+            "n/a",
+        ),
         (lambda f: _set(f, "value", np.nan), "nan_value", "nan"),
         (lambda f: _set(f, "value", np.inf), "infinite_value", "inf"),
         (lambda f: _set(f, "metric", "cpu_utilisation"), "unknown_metric", None),
@@ -60,7 +64,7 @@ def test_rerun_replaces_the_interval_instead_of_adding(lake) -> None:
     ],
     ids=["non_numeric", "nan", "infinite", "unknown_metric", "outside_interval", "empty_host"],
 )
-def test_bad_row_is_quarantined_with_reason_and_rest_loads(lake, corrupt, reason, raw) -> None:  # noqa: ANN001
+def test_bad_row_is_quarantined_with_reason_and_rest_loads(lake, corrupt, reason, raw) -> None:
     frame = corrupt(grid_frame(START, END))
     report = _ingest(frame)
     assert report.rows_loaded == len(frame) - 1
@@ -73,7 +77,7 @@ def test_bad_row_is_quarantined_with_reason_and_rest_loads(lake, corrupt, reason
     assert lake.query("SELECT count(*) AS n FROM raw_metrics")["n"][0] == len(frame) - 1
 
 
-def _set(frame: pd.DataFrame, column: str, value) -> pd.DataFrame:  # noqa: ANN001
+def _set(frame: pd.DataFrame, column: str, value) -> pd.DataFrame:
     frame = frame.copy()
     if column == "ts":
         frame[column] = frame[column].astype(object)
@@ -142,4 +146,6 @@ def test_task_retry_with_same_run_id_does_not_duplicate_quarantine(lake) -> None
 
 def test_interval_bounds_must_be_aware(lake) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        ingest_interval("files", START.replace(tzinfo=None), END, "r", source=FrameSource(grid_frame(START, END)))
+        ingest_interval(
+            "files", START.replace(tzinfo=None), END, "r", source=FrameSource(grid_frame(START, END))
+        )

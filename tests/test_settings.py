@@ -42,7 +42,9 @@ def test_environment_overrides_and_types(monkeypatch: pytest.MonkeyPatch, tmp_pa
         ("ANOMALY_MAX_REJECT_SHARE", "2", "max_reject_share"),
     ],
 )
-def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, var: str, value: str, field: str) -> None:
+def test_bad_values_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, field: str
+) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(ValidationError, match=field):
         Settings()
@@ -50,6 +52,7 @@ def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch, var: str, 
 
 def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    missing = [f"ANOMALY_{name.upper()}" for name in Settings.model_fields
-               if f"ANOMALY_{name.upper()}" not in readme]
+    missing = [
+        f"ANOMALY_{name.upper()}" for name in Settings.model_fields if f"ANOMALY_{name.upper()}" not in readme
+    ]
     assert not missing, f"README configuration table lacks {missing}"

@@ -28,8 +28,11 @@ def test_schema_is_applied_once_and_tables_exist(lake) -> None:
     versions = lake.query("SELECT version, count(*) AS n FROM schema_migrations GROUP BY ALL ORDER BY 1")
     assert versions["n"].tolist() == [1] * len(versions)
     assert versions["version"].tolist()[0] == "001_raw_metrics"
-    tables = set(lake.query("SELECT table_name FROM information_schema.tables WHERE table_catalog = 'lake'")
-                 ["table_name"])
+    tables = set(
+        lake.query("SELECT table_name FROM information_schema.tables WHERE table_catalog = 'lake'")[
+            "table_name"
+        ]
+    )
     assert {"raw_metrics", "hosts", "metric_catalog", "labels", "quarantine", "ingest_log"} <= tables
     kinds = lake.query("SELECT name, kind FROM metric_catalog")
     assert len(kinds) == kinds["name"].nunique() == 15
@@ -62,8 +65,14 @@ def test_plain_duckdb_cli_reads_the_lake(lake, anomaly_home: Path) -> None:
 
     ingest_interval("files", T0, T0 + HOUR, "r", source=FrameSource(grid_frame(T0, T0 + HOUR)))
     duckdb_bin = Path(sys.executable).parent / "duckdb"
-    out = subprocess.run([str(duckdb_bin), "-csv"], input=duckdb_cli_lines(), capture_output=True, text=True,
-                         check=True, timeout=60)
+    out = subprocess.run(
+        [str(duckdb_bin), "-csv"],
+        input=duckdb_cli_lines(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "host,metric,n"
     assert lines[1:] == ["h1,cpu_util,60", "h1,load1,60", "h2,cpu_util,60", "h2,load1,60"]
@@ -71,14 +80,20 @@ def test_plain_duckdb_cli_reads_the_lake(lake, anomaly_home: Path) -> None:
 
 # --- concurrency: separate processes, as Airflow tasks and a person's query would be ----------------
 
+
 def _writer(home: str, intervals: int, tag: str, done: mp.Queue) -> None:
     os.environ["ANOMALY_HOME"] = home
     from anomaly.ingest import ingest_interval
 
     for i in range(intervals):
         start = T0 + i * HOUR
-        ingest_interval("files", start, start + HOUR, f"{tag}-{i}",
-                        source=FrameSource(grid_frame(start, start + HOUR, hosts=("a", "b", "c"))))
+        ingest_interval(
+            "files",
+            start,
+            start + HOUR,
+            f"{tag}-{i}",
+            source=FrameSource(grid_frame(start, start + HOUR, hosts=("a", "b", "c"))),
+        )
     done.put(tag)
 
 
@@ -86,7 +101,9 @@ def test_reads_and_writes_run_concurrently_without_blocking_or_partial_intervals
     ctx = mp.get_context("spawn")
     done = ctx.Queue()
     intervals = 6
-    writers = [ctx.Process(target=_writer, args=(str(anomaly_home), intervals, tag, done)) for tag in ("w1", "w2")]
+    writers = [
+        ctx.Process(target=_writer, args=(str(anomaly_home), intervals, tag, done)) for tag in ("w1", "w2")
+    ]
     for w in writers:
         w.start()
     reads, seen = 0, set()
@@ -113,15 +130,18 @@ def test_reads_and_writes_run_concurrently_without_blocking_or_partial_intervals
 
 # --- Postgres catalog --------------------------------------------------------------------------------
 
+
 @pytest.fixture
-def postgres_catalog(monkeypatch, tmp_path: Path):  # noqa: ANN201
+def postgres_catalog(monkeypatch, tmp_path: Path):
     name = f"anomaly_catalog_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
     admin.autocommit = True
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    monkeypatch.setenv("AIRFLOW_CONN_TEST_CATALOG",
-                       f'{{"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, '
-                       f'"login": "postgres", "schema": "{name}"}}')
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TEST_CATALOG",
+        f'{{"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, '
+        f'"login": "postgres", "schema": "{name}"}}',
+    )
     yield Settings(home=tmp_path / "home", catalog="postgres", catalog_conn_id="test_catalog")
     admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
@@ -131,8 +151,15 @@ def test_postgres_catalog_holds_the_same_tables(postgres_catalog: Settings) -> N
     from anomaly.ingest import ingest_interval
 
     pg_lake = Lake(postgres_catalog)
-    ingest_interval("files", T0, T0 + HOUR, "r", settings=postgres_catalog, lake=pg_lake,
-                    source=FrameSource(grid_frame(T0, T0 + HOUR)))
+    ingest_interval(
+        "files",
+        T0,
+        T0 + HOUR,
+        "r",
+        settings=postgres_catalog,
+        lake=pg_lake,
+        source=FrameSource(grid_frame(T0, T0 + HOUR)),
+    )
     assert pg_lake.query("SELECT count(*) AS n FROM raw_metrics")["n"][0] == 240
     assert not (postgres_catalog.home / "lake" / "catalog.sqlite").exists()
     conn_id = postgres_catalog.catalog_conn_id
@@ -147,5 +174,5 @@ def test_postgres_catalog_without_connection_says_which(tmp_path: Path) -> None:
     from anomaly.store import StoreError
 
     settings = Settings(home=tmp_path, catalog="postgres", catalog_conn_id="no_such_catalog")
-    with pytest.raises(StoreError, match="no_such_catalog.*AIRFLOW_CONN_NO_SUCH_CATALOG"):
+    with pytest.raises(StoreError, match=r"no_such_catalog.*AIRFLOW_CONN_NO_SUCH_CATALOG"):
         Lake(settings).init()

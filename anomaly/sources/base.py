@@ -11,7 +11,8 @@ ingest checks can quarantine it with a reason instead of it vanishing here.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -57,10 +58,67 @@ def require_aware(start: datetime, end: datetime) -> None:
 
 def to_utc(ts: datetime) -> datetime:
     """A plain ``datetime`` in UTC (Airflow hands out pendulum objects, whose arithmetic differs)."""
-    from datetime import timezone
 
     if ts.tzinfo is None:
         raise ValueError(f"timestamp must be timezone-aware, got {ts!r}")
-    utc = ts.astimezone(timezone.utc)
-    return datetime(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond,
-                    tzinfo=timezone.utc)
+    utc = ts.astimezone(UTC)
+    return datetime(
+        utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond, tzinfo=UTC
+    )
+
+
+def plan_layout(
+    columns: Sequence[str],
+    *,
+    layout: str,
+    ts_column: str,
+    host_column: str,
+    metric_column: str,
+    value_column: str,
+    metric_columns: Sequence[str] | None,
+    where: str,
+    container: str,
+    not_a_metric: Callable[[str], bool] = lambda c: False,
+) -> tuple[str, list[str], list[str]]:
+    """Long or wide layout of a file or table: ``(layout, columns to read, metric columns)``.
+
+    ``auto`` means long when a metric or value column exists, else wide (every other column,
+    or ``metric_columns``, is a metric). Missing columns raise :class:`SourceError` naming
+    ``where`` and the columns the ``container`` (file, table) has.
+
+    Example::
+
+        >>> plan_layout(["ts", "host", "cpu"], layout="auto", ts_column="ts", host_column="host",
+        ...             metric_column="metric", value_column="value", metric_columns=None,
+        ...             where="x.csv", container="file")
+        ('wide', ['ts', 'host', 'cpu'], ['cpu'])
+    """
+    present = set(columns)
+    chosen = layout
+    if chosen == "auto":
+        chosen = "long" if metric_column in present or value_column in present else "wide"
+    fixed = [ts_column, host_column]
+    if chosen == "long":
+        metrics: list[str] = []
+        needed = [*fixed, metric_column, value_column]
+    else:
+        metrics = (
+            list(metric_columns)
+            if metric_columns
+            else [c for c in columns if c not in fixed and c and not not_a_metric(c)]
+        )
+        needed = [*fixed, *metrics]
+    missing = [c for c in needed if c not in present]
+    how = "configured" if layout != "auto" else "detected"
+    have = ", ".join(columns) or "(none)"
+    if missing:
+        raise SourceError(
+            f"{where}: missing column(s) {', '.join(missing)} for the {chosen} layout ({how}); "
+            f"the {container} has columns: {have}"
+        )
+    if chosen == "wide" and not metrics:
+        raise SourceError(
+            f"{where}: wide layout ({how}) needs at least one metric column besides {ts_column} and "
+            f"{host_column}; the {container} has columns: {have}"
+        )
+    return chosen, needed, metrics

@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from anomaly.sources.base import CANONICAL_COLUMNS, SourceError, empty_frame, require_aware
+from anomaly.sources.base import CANONICAL_COLUMNS, SourceError, empty_frame, plan_layout, require_aware
 
 if TYPE_CHECKING:
     import numpy as np
@@ -189,35 +189,19 @@ class FilesSource:
 
     def _plan(self, path: Path, columns: Sequence[str]) -> tuple[str, list[str], list[str]]:
         """Layout of one file, the columns to read and the metric columns (wide)."""
-        present = set(columns)
-        layout = self.layout
-        if layout == "auto":
-            layout = "long" if self.metric_column in present or self.value_column in present else "wide"
-        fixed = [self.ts_column, self.host_column]
-        if layout == "long":
-            metrics: list[str] = []
-            needed = [*fixed, self.metric_column, self.value_column]
-        else:
+        return plan_layout(
+            columns,
+            layout=self.layout,
+            ts_column=self.ts_column,
+            host_column=self.host_column,
+            metric_column=self.metric_column,
+            value_column=self.value_column,
+            metric_columns=self.metric_columns,
+            where=f"files source: {path}",
+            container="file",
             # Not metrics: an unnamed CSV column (a saved index) or pandas' index in Parquet.
-            metrics = (
-                list(self.metric_columns)
-                if self.metric_columns
-                else [c for c in columns if c not in fixed and c and not _PANDAS_INDEX.fullmatch(c)]
-            )
-            needed = [*fixed, *metrics]
-        missing = [c for c in needed if c not in present]
-        how = "configured" if self.layout != "auto" else "detected"
-        if missing:
-            raise SourceError(
-                f"files source: {path}: missing column(s) {', '.join(missing)} for the {layout} layout "
-                f"({how}); the file has columns: {', '.join(columns) or '(none)'}"
-            )
-        if layout == "wide" and not metrics:
-            raise SourceError(
-                f"files source: {path}: wide layout ({how}) needs at least one metric column besides "
-                f"{self.ts_column} and {self.host_column}; the file has columns: {', '.join(columns)}"
-            )
-        return layout, needed, metrics
+            not_a_metric=lambda c: bool(_PANDAS_INDEX.fullmatch(c)),
+        )
 
     # ------------------------------------------------------------------ csv
     def _read_csv(self, path: Path, start: datetime, end: datetime) -> Iterator[pd.DataFrame]:

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
-from anomaly.sources.base import CANONICAL_COLUMNS, SourceError, empty_frame, require_aware
+from anomaly.sources.base import CANONICAL_COLUMNS, SourceError, empty_frame, plan_layout, require_aware
 
 if TYPE_CHECKING:
     import numpy as np
@@ -321,33 +321,18 @@ class PostgresSource:
 
     def _resolve_layout(self, columns: dict[str, int]) -> tuple[Literal["long", "wide"], list[str]]:
         """Decide the layout from the table's columns and check the required ones exist."""
-        names = list(columns)
-        layout = self.layout
-        if layout == "auto":
-            long_hint = self.metric_column in columns or self.value_column in columns
-            layout = "long" if long_hint else "wide"
-        if layout == "long":
-            required = [self.ts_column, self.host_column, self.metric_column, self.value_column]
-            metrics: list[str] = []
-        else:
-            fixed = {self.ts_column, self.host_column}
-            metrics = (
-                list(self.metric_columns) if self.metric_columns else [c for c in names if c not in fixed]
-            )
-            required = [self.ts_column, self.host_column, *metrics]
-        missing = [c for c in required if c not in columns]
-        how = "configured" if self.layout != "auto" else "detected"
-        if missing:
-            raise SourceError(
-                f"{self._where()}: missing column(s) {', '.join(missing)} for the {layout} layout "
-                f"({how}); the table has columns: {', '.join(names) or '(none)'}"
-            )
-        if layout == "wide" and not metrics:
-            raise SourceError(
-                f"{self._where()}: wide layout ({how}) needs at least one metric column besides "
-                f"{self.ts_column} and {self.host_column}; the table has columns: {', '.join(names)}"
-            )
-        return layout, metrics
+        layout, _, metrics = plan_layout(
+            list(columns),
+            layout=self.layout,
+            ts_column=self.ts_column,
+            host_column=self.host_column,
+            metric_column=self.metric_column,
+            value_column=self.value_column,
+            metric_columns=self.metric_columns,
+            where=self._where(),
+            container="table",
+        )
+        return layout, metrics  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------- chunk -> frame

@@ -42,8 +42,14 @@ class Airflow:
         self.home, self.env = home, env
 
     def cli(self, *args: str) -> str:
-        out = subprocess.run([str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True,
-                             timeout=180, check=False)
+        out = subprocess.run(
+            [str(BIN / "airflow"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
         assert out.returncode == 0, f"airflow {' '.join(args)} failed:\n{out.stderr[-3000:]}"
         return out.stdout
 
@@ -52,7 +58,8 @@ class Airflow:
             return pd.read_sql_query(
                 "SELECT run_id, state, data_interval_start, data_interval_end FROM dag_run "
                 "WHERE dag_id = 'ingest_metrics' AND run_id LIKE ? ORDER BY data_interval_start",
-                db, params=[prefix + "%"],
+                db,
+                params=[prefix + "%"],
             )
 
     def _backfills_completed(self) -> bool:
@@ -92,12 +99,19 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         "ANOMALY_RETRY_DELAY_SECONDS": "1",
     }
     log = (base / "standalone.log").open("w")
-    proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "airflow"), "standalone"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
-            assert proc.poll() is None, f"airflow standalone died:\n{(base / 'standalone.log').read_text()[-3000:]}"
+            assert proc.poll() is None, (
+                f"airflow standalone died:\n{(base / 'standalone.log').read_text()[-3000:]}"
+            )
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5) as r:
                     if r.status == 200 and b'"scheduler":{"status":"healthy"' in r.read():
@@ -136,17 +150,38 @@ def _expected(start: datetime, end: datetime) -> pd.DataFrame:
 
 def test_backfill_then_overlapping_reprocess_leaves_exactly_the_source_rows(airflow: Airflow) -> None:
     # logical dates 00:00 .. 05:00 -> six hourly intervals [00:00, 06:00)
-    airflow.cli("backfill", "create", "--dag-id", "ingest_metrics", "--from-date", "2026-02-01T00:00:00+00:00",
-                "--to-date", "2026-02-01T05:00:00+00:00", "--max-active-runs", "3")
+    airflow.cli(
+        "backfill",
+        "create",
+        "--dag-id",
+        "ingest_metrics",
+        "--from-date",
+        "2026-02-01T00:00:00+00:00",
+        "--to-date",
+        "2026-02-01T05:00:00+00:00",
+        "--max-active-runs",
+        "3",
+    )
     runs = airflow.wait_for_runs(6)
     assert (runs["state"] == "success").all(), runs
     first = _lake_rows(airflow.env, T0, T0 + 6 * HOUR)
     pd.testing.assert_frame_equal(first, _expected(T0, T0 + 6 * HOUR), check_dtype=False)
 
     # overlapping backfill, finished intervals reprocessed: 03:00 .. 08:00
-    airflow.cli("backfill", "create", "--dag-id", "ingest_metrics", "--from-date", "2026-02-01T03:00:00+00:00",
-                "--to-date", "2026-02-01T08:00:00+00:00", "--max-active-runs", "3",
-                "--reprocess-behavior", "completed")
+    airflow.cli(
+        "backfill",
+        "create",
+        "--dag-id",
+        "ingest_metrics",
+        "--from-date",
+        "2026-02-01T03:00:00+00:00",
+        "--to-date",
+        "2026-02-01T08:00:00+00:00",
+        "--max-active-runs",
+        "3",
+        "--reprocess-behavior",
+        "completed",
+    )
     runs = airflow.wait_for_runs(9)
     assert (runs["state"] == "success").all(), runs
     both = _lake_rows(airflow.env, T0, T0 + 9 * HOUR)

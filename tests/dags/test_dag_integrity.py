@@ -11,8 +11,18 @@ import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILES = sorted(p for p in DAGS.glob("*.py") if not p.name.startswith("_"))
-HEAVY = ["pandas", "numpy", "duckdb", "sklearn", "xgboost", "lightgbm", "great_expectations", "pyarrow",
-         "requests", "psycopg2"]
+HEAVY = [
+    "pandas",
+    "numpy",
+    "duckdb",
+    "sklearn",
+    "xgboost",
+    "lightgbm",
+    "great_expectations",
+    "pyarrow",
+    "requests",
+    "psycopg2",
+]
 
 # Runs in a fresh interpreter: imports Airflow first (its own cost is not the DAG's), then
 # forbids connections, variables and sockets, then times the import of the DAG file alone.
@@ -43,7 +53,9 @@ print(json.dumps({"seconds": elapsed, "new_modules": new, "dags": dags}))
 
 
 def _probe(path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, f"{path.name} failed to import:\n{out.stderr[-3000:]}"
     return json.loads(out.stdout.strip().splitlines()[-1])
 

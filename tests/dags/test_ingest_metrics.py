@@ -13,7 +13,7 @@ HOUR = timedelta(hours=1)
 
 
 @pytest.fixture
-def ingest_dag(airflow_db, anomaly_home, monkeypatch):  # noqa: ANN001, ANN201
+def ingest_dag(airflow_db, anomaly_home, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
     from anomaly.settings import get_settings
@@ -26,14 +26,14 @@ def ingest_dag(airflow_db, anomaly_home, monkeypatch):  # noqa: ANN001, ANN201
     return DagBag(dag_folder=str(DAGS)).get_dag("ingest_metrics")
 
 
-def run_interval(dag, start: datetime, **conf):  # noqa: ANN001, ANN201
+def run_interval(dag, start: datetime, **conf):
     """Run the DAG for the data interval that starts at ``start`` (dag.test infers it from its end)."""
     dr = dag.test(logical_date=start + HOUR, run_conf=conf or None)
     assert dr.data_interval_start == start and dr.data_interval_end == start + HOUR
     return dr
 
 
-def fingerprint(lake) -> tuple[int, int, str, str]:  # noqa: ANN001
+def fingerprint(lake) -> tuple[int, int, str, str]:
     row = lake.query(
         "SELECT count(*) AS n, sum(hash(ts, host, metric, value)) AS h, min(ts) AS lo, max(ts) AS hi "
         "FROM raw_metrics"
