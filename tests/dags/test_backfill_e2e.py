@@ -1,8 +1,10 @@
 """End to end with a real scheduler: ``airflow backfill create`` loads exactly the simulated rows,
 and an overlapping backfill that reprocesses finished intervals changes nothing.
 
-Starts ``airflow standalone`` (API server, scheduler, DAG processor, triggerer; LocalExecutor on
-SQLite) on a free loopback port for this module: about 40 s and 1.5 GB.
+Starts ``airflow standalone`` (API server, scheduler, DAG processor, triggerer; LocalExecutor) on a
+free loopback port for this module, with its metadata in a throw-away database on the real
+PostgreSQL (SQLite answers "database is locked" when the CLI and the scheduler write at once):
+about 40 s and 1.5 GB.
 """
 
 from __future__ import annotations
@@ -10,16 +12,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import psycopg2
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,8 +41,14 @@ def _free_port() -> int:
 
 
 class Airflow:
-    def __init__(self, home: Path, env: dict[str, str]) -> None:
-        self.home, self.env = home, env
+    def __init__(self, home: Path, env: dict[str, str], database: str) -> None:
+        self.home, self.env, self.database = home, env, database
+
+    def _sql(self, query: str, params: tuple = ()) -> pd.DataFrame:
+        with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=self.database) as db:
+            cur = db.cursor()
+            cur.execute(query, params)
+            return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
 
     def cli(self, *args: str) -> str:
         out = subprocess.run(
@@ -54,18 +63,15 @@ class Airflow:
         return out.stdout
 
     def runs(self, prefix: str = "backfill__") -> pd.DataFrame:
-        with sqlite3.connect(self.home / "airflow.db") as db:
-            return pd.read_sql_query(
-                "SELECT run_id, state, data_interval_start, data_interval_end FROM dag_run "
-                "WHERE dag_id = 'ingest_metrics' AND run_id LIKE ? ORDER BY data_interval_start",
-                db,
-                params=[prefix + "%"],
-            )
+        return self._sql(
+            "SELECT run_id, state, data_interval_start, data_interval_end FROM dag_run "
+            "WHERE dag_id = 'ingest_metrics' AND run_id LIKE %s ORDER BY data_interval_start",
+            (prefix + "%",),
+        )
 
     def _backfills_completed(self) -> bool:
         # Airflow allows one running backfill per DAG; the scheduler closes it after its last run
-        with sqlite3.connect(self.home / "airflow.db") as db:
-            return db.execute("SELECT count(*) FROM backfill WHERE completed_at IS NULL").fetchone()[0] == 0
+        return int(self._sql("SELECT count(*) AS n FROM backfill WHERE completed_at IS NULL")["n"][0]) == 0
 
     def wait_for_runs(self, expected: int, timeout: float = 300) -> pd.DataFrame:
         deadline = time.monotonic() + timeout
@@ -82,11 +88,15 @@ class Airflow:
 def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     base = tmp_path_factory.mktemp("e2e")
     port = _free_port()
+    database = f"anomaly_e2e_airflow_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{database}"')
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",  # standalone spawns `airflow ...` by name
         "AIRFLOW_HOME": str(base / "airflow"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{base / 'airflow' / 'airflow.db'}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
@@ -120,7 +130,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
                 pass
             assert time.monotonic() < deadline, "airflow standalone was not healthy within 180 s"
             time.sleep(2)
-        yield Airflow(base / "airflow", env)
+        yield Airflow(base / "airflow", env, database)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -128,6 +138,8 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.close()
 
 
 def _lake_rows(env: dict[str, str], start: datetime, end: datetime) -> pd.DataFrame:
