@@ -22,6 +22,7 @@ REASONS: dict[str, str] = {
     "naive_timestamp": "timestamp has no time zone; give an offset (e.g. 'Z') or convert to UTC",
     "bad_timestamp": "timestamp does not parse",
     "missing_key": "host or metric is empty",
+    "bad_key": "host or metric is not text",
     "outside_interval": "timestamp is outside the data interval",
     "null_value": "value is missing",
     "non_numeric": "value is not a number",
@@ -45,6 +46,10 @@ class CheckResult:
     rejected: pd.DataFrame
     total: int
     counts: dict[str, int] = field(default_factory=dict)
+
+    def copy(self) -> CheckResult:
+        """An independent copy (a retried transaction must start from the same result)."""
+        return CheckResult(self.accepted.copy(), self.rejected.copy(), self.total, dict(self.counts))
 
     @property
     def reject_share(self) -> float:
@@ -78,9 +83,11 @@ def _parse_ts(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
     n = len(raw)
     reason = pd.Series(np.full(n, "", dtype=object), index=raw.index)
     if isinstance(raw.dtype, pd.DatetimeTZDtype):
+        reason[raw.isna().to_numpy()] = "bad_timestamp"
         return raw.dt.tz_convert("UTC").astype("datetime64[us, UTC]"), reason
     if pd.api.types.is_datetime64_dtype(raw.dtype):
         reason[:] = "naive_timestamp"
+        reason[raw.isna().to_numpy()] = "bad_timestamp"
         return pd.Series(pd.NaT, index=raw.index, dtype="datetime64[us, UTC]"), reason
     # object column: datetimes, Timestamps or strings, possibly mixed; judge each element
     parsed: list[object] = []
@@ -91,7 +98,9 @@ def _parse_ts(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
             continue
         try:
             ts = pd.Timestamp(value)
-        except (ValueError, TypeError):
+            if ts is not pd.NaT:
+                ts = ts.as_unit("us")
+        except (ValueError, TypeError, OverflowError):  # OutOfBoundsDatetime is a ValueError
             parsed.append(pd.NaT)
             reason.iat[i] = "bad_timestamp"
             continue
@@ -103,7 +112,14 @@ def _parse_ts(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
             reason.iat[i] = "naive_timestamp"
         else:
             parsed.append(ts.tz_convert("UTC"))
-    return pd.Series(pd.to_datetime(parsed, utc=True), index=raw.index).astype("datetime64[us, UTC]"), reason
+    # microseconds, not pandas' default nanoseconds: year 3026 is a timestamp (outside any interval
+    # we load), not an overflow
+    micros = np.array(
+        [np.iinfo(np.int64).min if ts is pd.NaT else int(ts.as_unit("us").asm8.view("i8")) for ts in parsed],
+        dtype=np.int64,
+    )
+    out = pd.Series(micros.view("datetime64[us]"), index=raw.index).dt.tz_localize("UTC")
+    return out, reason
 
 
 def _parse_value(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -115,18 +131,30 @@ def _parse_value(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
         reason[:] = "non_numeric"
         return pd.Series(np.nan, index=raw.index, dtype="float64"), reason
     if pd.api.types.is_numeric_dtype(raw.dtype):
-        values = raw.astype("float64")
-        missing = (
-            raw.isna().to_numpy() if not pd.api.types.is_float_dtype(raw.dtype) else np.zeros(len(raw), bool)
-        )
+        # numpy floats cannot tell a null from NaN (both NaN); pandas' nullable dtypes can (pd.NA)
+        nullable = isinstance(raw.dtype, pd.api.extensions.ExtensionDtype)
+        if nullable or not pd.api.types.is_float_dtype(raw.dtype):
+            missing = raw.isna().to_numpy()
+        else:
+            missing = np.zeros(len(raw), bool)
+        if nullable:
+            values = pd.Series(
+                raw.astype("Float64").to_numpy(dtype="float64", na_value=np.nan),
+                index=raw.index,
+                dtype="float64",
+            )
+        else:
+            values = raw.astype("float64")
     else:
-        values = pd.to_numeric(raw, errors="coerce").astype("float64")
+        # bool and complex are not metric values even where Python would cast them to float
+        odd = raw.map(lambda v: isinstance(v, (bool, complex, np.bool_, np.complexfloating))).astype(bool)
+        values = pd.to_numeric(raw.where(~odd, None), errors="coerce").astype("float64")
         # In an object column a float NaN is a value ('NaN'), only None/NA/NaT mean "no value".
         is_missing = raw.map(lambda v: v is None or v is pd.NA or v is pd.NaT).astype(bool)
         text = raw.astype("object").map(lambda v: str(v).strip().lower() if v is not None else "")
         # 'nan' / 'inf' spelled out are numbers that fail later checks, not garbage
         numeric_words = text.isin(["nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "-infinity"])
-        bad_text = values.isna() & ~is_missing & ~numeric_words
+        bad_text = (values.isna() & ~is_missing & ~numeric_words) | odd
         reason[bad_text.to_numpy()] = "non_numeric"
         missing = is_missing.to_numpy()
     arr = values.to_numpy()
@@ -171,16 +199,20 @@ def check_batch(
     batch = batch.reset_index(drop=True)
     ts, ts_reason = _parse_ts(batch["ts"])
     value, value_reason = _parse_value(batch["value"])
-    host = batch["host"].astype("object")
-    metric = batch["metric"].astype("object")
+    raw_host = batch["host"].astype("object")
+    raw_metric = batch["metric"].astype("object")
+
+    # keys are text: 1 and '1' must not become two hosts after a cast, ' a' and 'a' not two either
+    def _text_or_missing(v: object) -> bool:
+        return isinstance(v, str) or v is None or v is pd.NA
+
+    not_text = ~(raw_host.map(_text_or_missing).astype(bool) & raw_metric.map(_text_or_missing).astype(bool))
+    host = raw_host.map(lambda v: v.strip() if isinstance(v, str) else v)
+    metric = raw_metric.map(lambda v: v.strip() if isinstance(v, str) else v)
 
     reason = ts_reason.copy()
-    empty_key = (
-        host.isna()
-        | metric.isna()
-        | (host.astype(str).str.strip() == "")
-        | (metric.astype(str).str.strip() == "")
-    )
+    reason[(reason == "") & not_text] = "bad_key"
+    empty_key = host.isna() | metric.isna() | (host.astype(str) == "") | (metric.astype(str) == "")
     reason[(reason == "") & empty_key] = "missing_key"
     start_ts, end_ts = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
     outside = (reason == "") & ((ts < start_ts) | (ts >= end_ts)).fillna(False)

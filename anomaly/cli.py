@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
@@ -64,13 +65,13 @@ def main(verbose: bool) -> None:
     help="Rows printed in table format (csv and json print all).",
 )
 def sql(query: str, fmt: str, limit: int) -> None:
-    """Run a read-only SQL QUERY against the lake (tables: raw_metrics, hosts, ...)."""
+    """Run a read-only SQL QUERY against the lake (tables: raw_metrics, hosts, ...); writes are refused."""
     import duckdb
 
     from anomaly.store import Lake, StoreError
 
     try:
-        frame = Lake().query(query)
+        frame = Lake().read(query)
     except StoreError as exc:
         raise _CliError(str(exc)) from exc
     except duckdb.Error as exc:
@@ -140,6 +141,113 @@ def info() -> None:
     click.echo(f"lake: {Lake(settings).describe()}")
     click.echo("\nplain duckdb CLI (pip install duckdb-cli, or the duckdb binary):\n")
     click.echo(duckdb_cli_lines(settings))
+
+
+def _type_list(value: str | None) -> tuple[str, ...] | None:
+    if value is None or value.strip().lower() == "all":
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@main.command()
+@click.option("--hosts", type=click.IntRange(1), default=50, show_default=True, help="Hosts in the fleet.")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True), default=14, show_default=True)
+@click.option(
+    "--anomaly-share",
+    type=click.FloatRange(0, 0.9),
+    default=0.2,
+    show_default=True,
+    help="Share of (host, timestamp) points inside a fault window.",
+)
+@click.option("--types", default="all", show_default=True, help="Comma-separated fault types, or 'all'.")
+@click.option("--exclude", default="", help="Comma-separated fault types to hold out (never injected).")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--step",
+    "step_seconds",
+    type=click.IntRange(1),
+    default=60,
+    show_default=True,
+    help="Seconds between samples.",
+)
+@click.option(
+    "--start", default=None, help="First timestamp, ISO-8601 with zone (default 2026-01-05T00:00Z)."
+)
+@click.option("--name", default="sim", show_default=True, help="Rows land under source 'simulation:<name>'.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also draw a few hosts with the injected windows shaded (PNG).",
+)
+@click.option("--list-types", is_flag=True, help="List the fault types and exit.")
+def simulate(
+    hosts: int,
+    days: float,
+    anomaly_share: float,
+    types: str,
+    exclude: str,
+    seed: int,
+    step_seconds: int,
+    start: str | None,
+    name: str,
+    plot_path: str | None,
+    list_types: bool,
+) -> None:
+    """Simulate a fleet with typed faults, ingest it through the normal path, and write its labels."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from anomaly.simulate.faults import REGISTRY
+    from anomaly.simulate.run import plot_scenario, run_scenario
+    from anomaly.simulate.scenario import DEFAULT_START, Scenario, plan_faults
+
+    console = Console()
+    if list_types:
+        for kind in sorted(REGISTRY, key=lambda k: (REGISTRY[k].family, k)):
+            ft = REGISTRY[kind]
+            console.print(
+                f"[bold]{kind}[/bold] ({ft.family}; {', '.join(ft.metrics)})\n  {ft.description}\n",
+                highlight=False,
+            )
+        return
+    try:
+        scenario = Scenario(
+            hosts=hosts,
+            days=days,
+            anomaly_share=anomaly_share,
+            types=_type_list(types),
+            exclude=_type_list(exclude) or (),
+            seed=seed,
+            step_seconds=step_seconds,
+            start=_parse_utc(start, "--start") if start else DEFAULT_START,
+            name=name,
+        )
+    except ValueError as exc:
+        raise _CliError(str(exc)) from exc
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        tasks: dict[str, object] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"{stage} days", total=total)
+            bar.update(tasks[stage], completed=done)
+
+        try:
+            report = run_scenario(scenario, progress=progress)
+        except ValueError as exc:
+            raise _CliError(str(exc)) from exc
+    click.echo(json.dumps(report, indent=2))
+    if plot_path:
+        out = plot_scenario(scenario, plan_faults(scenario), Path(plot_path))
+        click.echo(f"plot: {out}")
 
 
 @main.command()

@@ -78,10 +78,31 @@ def run_demo(n_hosts: int = 20, days: float = 2.0, source: str = "auto", schedul
     with console.status("preparing the Airflow metadata database (first run only takes a while)..."):
         _airflow_db_migrate()
 
+    from anomaly.simulate.faults import save_faults
+    from anomaly.simulate.scenario import Scenario, plan_faults
+
+    # labelled incidents on 15 % of the fleet's points, types drawn in turn (all of them at 20 hosts x 2 days)
+    scenario = Scenario(
+        hosts=n_hosts,
+        days=(end - start).total_seconds() / 86400,
+        anomaly_share=0.15,
+        seed=settings.sim_seed,
+        step_seconds=settings.step_seconds,
+        start=start,
+        name="demo",
+        every_type=False,
+    )
+    faults = plan_faults(scenario)
+    faults_file = save_faults(faults, settings.home / "demo" / "faults.json")
+    os.environ["ANOMALY_SIM_FAULTS_FILE"] = str(faults_file)
+    console.print(f"faults: {len(faults)} injected ({len({f.type for f in faults})} types) -> {faults_file}")
+
+    _clear_other_demo_source(console, settings, "simulation" if use_prometheus else "prometheus", start, end)
+
     server = None
     try:
         if use_prometheus:
-            server = _serve_fleet(console, settings, n_hosts, start, end)
+            server = _serve_fleet(console, settings, n_hosts, start, end, faults)
             os.environ["ANOMALY_PROMETHEUS_URL"] = server.url
             os.environ["ANOMALY_SOURCE"] = "prometheus"
         else:
@@ -92,6 +113,14 @@ def run_demo(n_hosts: int = 20, days: float = 2.0, source: str = "auto", schedul
         if server is not None:
             server.stop()
 
+    from anomaly.simulate.run import plot_scenario, write_labels
+    from anomaly.store import Lake
+
+    source_name = "prometheus" if use_prometheus else "simulation"
+    write_labels(Lake(get_settings()), faults, dataset=source_name)
+    plot = plot_scenario(scenario, faults, settings.home / "demo" / "faults.png")
+    console.print(f"labels: {len(faults)} rows in table labels (dataset = {source_name!r}); picture: {plot}")
+
     _report(
         console,
         get_settings(),
@@ -100,6 +129,31 @@ def run_demo(n_hosts: int = 20, days: float = 2.0, source: str = "auto", schedul
         time.perf_counter() - wall0,
         "prometheus" if use_prometheus else "simulation",
     )
+
+
+def _clear_other_demo_source(console, settings, other: str, start: datetime, end: datetime) -> None:
+    """A key may come from one live source only; an earlier demo run from the other source owns the
+    window's keys (e.g. a first run before Prometheus was installed). Demo data only: clear it."""
+    from anomaly import registry
+    from anomaly.store import Lake
+
+    lake = Lake(settings)
+
+    def work(con) -> int:
+        n = con.execute(
+            f"SELECT count(*) FROM {registry.RAW_METRICS} WHERE source = ? AND ts >= ? AND ts < ?",
+            [other, start, end],
+        ).fetchone()[0]
+        if n:
+            con.execute(
+                f"DELETE FROM {registry.RAW_METRICS} WHERE source = ? AND ts >= ? AND ts < ?",
+                [other, start, end],
+            )
+        return n
+
+    cleared = lake.write(work, what="clear earlier demo rows")
+    if cleared:
+        console.print(f"cleared {cleared:,} rows an earlier demo loaded from source {other!r} in this window")
 
 
 def _airflow_db_migrate() -> None:
@@ -112,7 +166,7 @@ def _airflow_db_migrate() -> None:
         raise SystemExit(f"error: 'airflow db migrate' failed:\n{out.stderr[-2000:]}")
 
 
-def _serve_fleet(console, settings, n_hosts: int, start: datetime, end: datetime):
+def _serve_fleet(console, settings, n_hosts: int, start: datetime, end: datetime, faults):
     from anomaly.promlocal import PrometheusServer, backfill, write_openmetrics
     from anomaly.simulate.exporter import node_exporter_series
     from anomaly.simulate.fleet import make_fleet
@@ -124,8 +178,15 @@ def _serve_fleet(console, settings, n_hosts: int, start: datetime, end: datetime
     # render 30 minutes before the window so rate() windows at its start are full
     t0 = time.perf_counter()
     with console.status("rendering node_exporter series..."):
+        from anomaly.simulate.faults import inject
+
         series = node_exporter_series(
-            fleet, start - timedelta(minutes=30), end, settings.step_seconds, settings.sim_seed
+            fleet,
+            start - timedelta(minutes=30),
+            end,
+            settings.step_seconds,
+            settings.sim_seed,
+            modifiers=[inject(faults)],
         )
         om = work / "fleet.om"
         samples = write_openmetrics(series, om)

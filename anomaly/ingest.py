@@ -65,8 +65,12 @@ def ingest_interval(
     settings: Settings | None = None,
     source: Source | None = None,
     lake: Lake | None = None,
+    allow_shrink: bool = False,
 ) -> IngestReport:
     """Load ``[start, end)`` of ``source_name`` into the lake; return what happened.
+
+    ``allow_shrink`` lets an empty batch (or one missing whole metrics) replace an interval that
+    holds data; by default that fails, as it usually means the source lost data.
 
     Example::
 
@@ -96,45 +100,105 @@ def ingest_interval(
     )
 
     t1 = time.perf_counter()
-    result = check_batch(batch, start, end, set(lake.metric_kinds()))
-    _mark_source_conflicts(lake, result, source_name, start, end)
+    checked = check_batch(batch, start, end, set(lake.metric_kinds()))
     host_meta = src.hosts() if hasattr(src, "hosts") else None
-
     report = IngestReport(
         source=source_name,
         interval_start=start.isoformat(),
         interval_end=end.isoformat(),
         run_id=run_id,
-        rows_fetched=result.total,
-        rows_loaded=len(result.accepted),
-        rows_quarantined=len(result.rejected),
-        hosts=int(result.accepted["host"].nunique()),
-        rejects=dict(result.counts),
+        rows_fetched=checked.total,
+        rows_loaded=0,
+        rows_quarantined=0,
+        hosts=0,
         fetch_seconds=round(fetch_seconds, 3),
     )
+    where = f"source {source_name!r} for [{start.isoformat()}, {end.isoformat()})"
 
-    if result.total and result.reject_share > settings.max_reject_share:
-        message = (
-            f"ingest of source {source_name!r} for [{start.isoformat()}, {end.isoformat()}) rejected "
-            f"{len(result.rejected)} of {result.total} rows ({result.reject_share:.1%} > "
-            f"ANOMALY_MAX_REJECT_SHARE={settings.max_reject_share:.1%}): {result.summary()}. "
-            f"Nothing was loaded; all {result.total} rows are in table quarantine (run_id={run_id!r})."
-        )
-        _quarantine_whole_batch(lake, result, source_name, start, end, run_id, message)
-        raise IngestRejected(message)
-
-    def work(con: duckdb.DuckDBPyConnection) -> None:
+    def work(con: duckdb.DuckDBPyConnection) -> CheckResult:
+        # Runs under the lake's write lock, again on every retry: the cross-source check and the
+        # shrink guard see exactly what this transaction replaces.
+        result = checked.copy()
+        _mark_source_conflicts(con, result, source_name, start, end)
+        if result.total and result.reject_share > settings.max_reject_share:
+            raise _BatchRejected(result)
+        replaced = _guard_shrink(con, result, source_name, start, end, where, allow_shrink)
+        report.rows_loaded = len(result.accepted)
+        report.rows_quarantined = len(result.rejected)
+        report.hosts = int(result.accepted["host"].nunique())
+        report.rejects = dict(result.counts)
         _replace_interval(con, result.accepted, source_name, start, end, run_id)
         _write_quarantine(con, result.rejected, source_name, start, end, run_id)
         _upsert_hosts(con, result.accepted, host_meta, source_name)
-        _log_run(con, report, "loaded", start, end, result.summary() if result.counts else None)
+        note = f"replaced {replaced} rows" + (f"; {result.summary()}" if result.counts else "")
+        _log_run(con, report, "loaded", start, end, note)
+        return result
 
-    lake.write(work, what=f"ingest {source_name} [{start.isoformat()}, {end.isoformat()})")
+    try:
+        result = lake.write(work, what=f"ingest {where}")
+    except _BatchRejected as rejected:
+        result = rejected.result
+        message = (
+            f"ingest of {where} rejected {len(result.rejected)} of {result.total} rows "
+            f"({result.reject_share:.1%} > ANOMALY_MAX_REJECT_SHARE={settings.max_reject_share:.1%}): "
+            f"{result.summary()}. Nothing was loaded; all {result.total} rows are in table quarantine "
+            f"(run_id={run_id!r})."
+        )
+        _quarantine_whole_batch(lake, result, source_name, start, end, run_id, message)
+        raise IngestRejected(message) from None
     report.load_seconds = round(time.perf_counter() - t1, 3)
     if result.counts:
         log.warning("quarantined %d rows of %s: %s", len(result.rejected), source_name, result.summary())
     log.info("loaded %d rows (%d hosts) in %.2fs", report.rows_loaded, report.hosts, report.load_seconds)
     return report
+
+
+def manual_interval(timetable, run_after: datetime) -> tuple[datetime, datetime]:
+    """The last complete data interval before ``run_after`` (a run triggered without a logical date)."""
+    interval = timetable.infer_manual_data_interval(run_after=run_after)
+    return interval.start, interval.end
+
+
+class _BatchRejected(Exception):
+    def __init__(self, result: CheckResult) -> None:
+        super().__init__("batch rejected")
+        self.result = result
+
+
+def _guard_shrink(
+    con: duckdb.DuckDBPyConnection,
+    result: CheckResult,
+    source_name: str,
+    start: datetime,
+    end: datetime,
+    where: str,
+    allow_shrink: bool,
+) -> int:
+    """Refuse to replace an interval's rows by nothing, or to drop whole metrics from it.
+
+    An empty answer for an interval that already holds data is what a source outage, a PromQL
+    that matches no series, or a range beyond the source's retention look like; replacing the
+    rows would delete good data. ``allow_shrink`` (DAG param) says the shrink is intended.
+    """
+    before = con.execute(
+        f"SELECT metric, count(*) AS n FROM {registry.RAW_METRICS} "
+        "WHERE source = ? AND ts >= ? AND ts < ? GROUP BY metric",
+        [source_name, start, end],
+    ).fetchall()
+    total = sum(n for _, n in before)
+    if not total or allow_shrink:
+        return total
+    now = set(result.accepted["metric"].unique())
+    lost = sorted(m for m, _ in before if m not in now)
+    if lost:
+        what = "no rows" if result.accepted.empty else f"no rows for metric(s) {', '.join(lost)}"
+        raise IngestRejected(
+            f"ingest of {where}: the source returned {what}, but the interval holds {total} rows from an "
+            "earlier run. Refusing to delete them (a source outage, a query matching no series or a "
+            "range beyond the source's retention looks like this). Fix the source and re-run, or "
+            "re-run with allow_shrink=True (DAG param) to empty them on purpose."
+        )
+    return total
 
 
 def _as_rejected(rows: pd.DataFrame, reason: str, detail: str | list[str]) -> pd.DataFrame:
@@ -156,25 +220,33 @@ def _as_rejected(rows: pd.DataFrame, reason: str, detail: str | list[str]) -> pd
 
 
 def _mark_source_conflicts(
-    lake: Lake, result: CheckResult, source_name: str, start: datetime, end: datetime
+    con: duckdb.DuckDBPyConnection, result: CheckResult, source_name: str, start: datetime, end: datetime
 ) -> None:
-    """Rows already loaded for the same key by ANOTHER source go to quarantine, not over them."""
+    """Rows already loaded for the same key by ANOTHER live source go to quarantine, not over them.
+
+    Live sources (prometheus, postgres, files, simulation) describe the same fleet, so one key
+    may come from only one of them. A derived dataset (a scenario ``simulation:<name>``, faults
+    injected into a copy ``<source>+faults``) is its own namespace: its keys repeat a live
+    source's on purpose, and features and labels select it by ``source``.
+    """
     import pandas as pd
 
-    if result.accepted.empty:
+    from anomaly.sources import SOURCE_NAMES
+
+    if result.accepted.empty or source_name not in SOURCE_NAMES:
         return
-    with lake.connection() as con:
-        con.register("batch_keys", result.accepted[["ts", "host", "metric"]])
-        clash = con.execute(
-            f"""
-            SELECT b.ts, b.host, b.metric, min(r.source) AS other
-            FROM batch_keys b
-            JOIN {registry.RAW_METRICS} r USING (ts, host, metric)
-            WHERE r.ts >= ? AND r.ts < ? AND r.source <> ?
-            GROUP BY ALL
-            """,
-            [start, end, source_name],
-        ).df()
+    con.register("batch_keys", result.accepted[["ts", "host", "metric"]])
+    clash = con.execute(
+        f"""
+        SELECT b.ts, b.host, b.metric, min(r.source) AS other
+        FROM batch_keys b
+        JOIN {registry.RAW_METRICS} r USING (ts, host, metric)
+        WHERE r.ts >= ? AND r.ts < ? AND r.source <> ? AND list_contains(?, r.source)
+        GROUP BY ALL
+        """,
+        [start, end, source_name, list(SOURCE_NAMES)],
+    ).df()
+    con.unregister("batch_keys")
     if clash.empty:
         return
     acc = result.accepted
@@ -356,3 +428,22 @@ def _quarantine_whole_batch(
         _log_run(con, report, "rejected", start, end, message)
 
     lake.write(work, what=f"quarantine {source_name} [{start.isoformat()}, {end.isoformat()})")
+
+
+def upsert_host_metadata(lake: Lake, meta: pd.DataFrame, source_name: str) -> None:
+    """Set role and environment of hosts already seen (e.g. a simulated fleet loaded from files)."""
+    import pandas as pd
+
+    if meta.empty:
+        return
+
+    def work(con: duckdb.DuckDBPyConnection) -> None:
+        con.register("host_meta", meta)
+        seen = con.execute(
+            f"SELECT host, first_seen AS ts FROM {registry.HOSTS} WHERE host IN (SELECT host FROM host_meta)"
+        ).df()
+        con.unregister("host_meta")
+        if not seen.empty:
+            _upsert_hosts(con, pd.DataFrame(seen), meta, source_name)
+
+    lake.write(work, what="host metadata")

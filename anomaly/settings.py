@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # --- simulation source -------------------------------------------------
     sim_hosts: int = Field(20, gt=0, description="Hosts in the simulated fleet.")
     sim_seed: int = Field(7, description="Seed of the simulated fleet.")
+    sim_faults_file: Path | None = Field(
+        None, description="JSON file of faults the simulation source injects (anomaly simulate writes one)."
+    )
 
     @field_validator("home", mode="after")
     @classmethod

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import random
@@ -96,6 +97,20 @@ def _quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _sqlite_wal(path: Path) -> None:
+    """Put the SQLite catalog in WAL mode (persistent in the file): readers then never block the
+    writer and the writer never blocks readers. In the default rollback-journal mode a long
+    query made a concurrent ingest fail with 'database is locked'."""
+    import sqlite3
+
+    con = sqlite3.connect(path, timeout=30)
+    try:
+        if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Whether ``exc`` is a lost commit race that a retry may win."""
     return _RETRYABLE.search(str(exc)) is not None
@@ -114,9 +129,15 @@ class Lake:
         s = self.settings
         if s.catalog == "sqlite":
             s.lake_dir.mkdir(parents=True, exist_ok=True)
+            _sqlite_wal(s.sqlite_catalog_path)
             return f"ducklake:sqlite:{s.sqlite_catalog_path}"
+        dsn = " ".join(f"{k}={v}" for k, v in self._postgres_params().items())
+        return f"ducklake:postgres:{dsn}"
+
+    def _postgres_params(self) -> dict[str, str]:
         from anomaly.connections import get_connection
 
+        s = self.settings
         conn = get_connection(s.catalog_conn_id)
         if conn is None:
             raise StoreError(
@@ -131,8 +152,43 @@ class Lake:
         }
         if conn.password:
             parts["password"] = conn.password
-        dsn = " ".join(f"{k}={v}" for k, v in parts.items())
-        return f"ducklake:postgres:{dsn}"
+        return parts
+
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Serialise lake writers (readers never take it).
+
+        DuckLake lets two transactions that only append to a table both commit, so two writers
+        of the same interval could each delete nothing and both insert. Writers therefore take
+        a lock: a file lock beside the SQLite catalog (one machine), or a Postgres advisory lock
+        in the catalog database (writers on many machines).
+        """
+        s = self.settings
+        if s.catalog == "sqlite":
+            import fcntl
+
+            s.lake_dir.mkdir(parents=True, exist_ok=True)
+            with open(s.lake_dir / "write.lock", "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+        import psycopg2
+
+        key = int.from_bytes(
+            hashlib.blake2b(s.lake_data_path.encode(), digest_size=8).digest(), "big", signed=True
+        )
+        with psycopg2.connect(**self._postgres_params()) as pg:
+            pg.autocommit = True
+            cur = pg.cursor()
+            cur.execute("SELECT pg_advisory_lock(%s)", (key,))
+            try:
+                yield
+            finally:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        pg.close()
 
     def connect(self, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         """A new DuckDB connection with the lake attached as ``lake`` and selected by ``USE``."""
@@ -177,13 +233,28 @@ class Lake:
         same in-memory database, so threads may each take one.
         """
         if self._db is None:
-            self._db = self.connect()
+            self._db = self._connect_retrying()
         cursor = self._db.cursor()
         try:
             cursor.execute(f"USE {registry.LAKE_ALIAS}")
             yield cursor
         finally:
             cursor.close()
+
+    def _connect_retrying(self, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        # Several processes opening a brand-new Postgres catalog race to create DuckLake's tables;
+        # the losers see a conflict and simply attach again.
+        attempts = self.settings.commit_retries
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.connect(read_only=read_only)
+            except StoreError as exc:
+                cause = exc.__cause__ or exc
+                if attempt < attempts and (is_retryable(cause) or "already exists" in str(cause)):
+                    time.sleep(0.1 * attempt * (0.5 + random.random()))
+                    continue
+                raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Detach the lake and release the connection (a later call reconnects)."""
@@ -198,37 +269,34 @@ class Lake:
 
     # -- writes ----------------------------------------------------------------------------------
     def write(self, work: Callable[[duckdb.DuckDBPyConnection], T], *, what: str = "write") -> T:
-        """Run ``work(con)`` inside one transaction; retry it on a commit conflict.
+        """Run ``work(con)`` inside one transaction, holding the write lock; retry it on a
+        commit conflict or a busy catalog.
 
         ``work`` must be idempotent (delete-then-insert), since a retry runs it again.
         """
         self.init()
         attempts = self.settings.commit_retries
         for attempt in range(1, attempts + 1):
-            with self.connection() as con:
-                try:
+            try:
+                with self.write_lock(), self.connection() as con:
                     con.execute("BEGIN TRANSACTION")
-                    result = work(con)
-                    con.execute("COMMIT")
-                    return result
-                except Exception as exc:
                     try:
-                        con.execute("ROLLBACK")
-                    except Exception:  # noqa: BLE001 - the transaction may already be aborted
-                        pass
-                    if attempt < attempts and is_retryable(exc):
-                        delay = min(0.05 * 2**attempt, 2.0) * (0.5 + random.random())
-                        log.info(
-                            "%s: commit conflict (attempt %d/%d), retrying in %.2fs: %s",
-                            what,
-                            attempt,
-                            attempts,
-                            delay,
-                            exc,
-                        )
-                        time.sleep(delay)
-                        continue
-                    raise
+                        result = work(con)
+                        con.execute("COMMIT")
+                    except BaseException:
+                        try:
+                            con.execute("ROLLBACK")
+                        except Exception:  # noqa: BLE001 - the transaction may already be aborted
+                            pass
+                        raise
+                    return result
+            except Exception as exc:
+                if attempt < attempts and is_retryable(exc):
+                    delay = min(0.05 * 2**attempt, 2.0) * (0.5 + random.random())
+                    log.info("%s: %s (attempt %d/%d), retrying in %.2fs", what, exc, attempt, attempts, delay)
+                    time.sleep(delay)
+                    continue
+                raise
         raise AssertionError("unreachable")
 
     # -- schema ----------------------------------------------------------------------------------
@@ -303,10 +371,23 @@ class Lake:
 
     # -- reads -----------------------------------------------------------------------------------
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pd.DataFrame:
-        """Run one read query against the lake and return a DataFrame."""
+        """Run one query against the lake (schema applied first) and return a DataFrame."""
         self.init()
         with self.connection() as con:
             return con.execute(sql, params).df() if params is not None else con.execute(sql).df()
+
+    def read(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pd.DataFrame:
+        """Run ``sql`` on a READ-ONLY attachment: what ``anomaly sql`` uses; writes are refused."""
+        s = self.settings
+        if s.catalog == "sqlite" and not s.sqlite_catalog_path.exists():
+            raise StoreError(
+                f"no lake at {s.sqlite_catalog_path}: run `anomaly init` or the ingest DAG first"
+            )
+        con = self._connect_retrying(read_only=True)
+        try:
+            return con.execute(sql, params).df() if params is not None else con.execute(sql).df()
+        finally:
+            con.close()
 
     def metric_kinds(self) -> dict[str, str]:
         """``{metric name: kind}`` from ``metric_catalog``."""
@@ -330,6 +411,7 @@ def duckdb_cli_lines(settings: Settings | None = None) -> str:
         f"LOAD {_quote_literal(str(extension_path('ducklake')))};\n"
         f"LOAD {_quote_literal(str(catalog_ext))};\n"
         f"ATTACH {_quote_literal(target)} AS lake (DATA_PATH {_quote_literal(s.lake_data_path)}, READ_ONLY);\n"
+        "SET TimeZone = 'UTC';\n"
         "USE lake;\n"
         "SELECT host, metric, count(*) AS n FROM raw_metrics GROUP BY ALL ORDER BY ALL;"
     )

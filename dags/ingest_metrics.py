@@ -45,17 +45,29 @@ raw_metrics = Asset(ASSET_RAW_METRICS)
         "source": Param(
             settings.source, type="string", enum=list(SOURCE_NAMES), description="Where to read metrics from."
         ),
+        "allow_shrink": Param(
+            False,
+            type="boolean",
+            description="Let an empty answer (or one missing whole metrics) replace an interval that "
+            "holds data. Off: such a run fails instead of deleting rows.",
+        ),
     },
     tags=["anomaly", "ingest"],
     doc_md=__doc__,
 )
 def ingest_metrics() -> None:
     @task(outlets=[raw_metrics])
-    def ingest(data_interval_start=None, data_interval_end=None, run_id=None, params=None) -> dict:
+    def ingest(
+        data_interval_start=None, data_interval_end=None, run_id=None, params=None, dag_run=None, dag=None
+    ):
         """Fetch, check and load the interval; returns the ingest report."""
-        from anomaly.ingest import ingest_interval
+        from anomaly.ingest import ingest_interval, manual_interval
 
-        return ingest_interval(params["source"], data_interval_start, data_interval_end, run_id).as_dict()
+        start, end = data_interval_start, data_interval_end
+        if start is None or end is None:  # triggered without a logical date: the last full interval
+            start, end = manual_interval(dag.timetable, dag_run.run_after)
+        report = ingest_interval(params["source"], start, end, run_id, allow_shrink=params["allow_shrink"])
+        return report.as_dict()
 
     ingest()
 

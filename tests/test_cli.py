@@ -68,3 +68,10 @@ def test_ingest_command_runs_the_same_path(lake) -> None:
 def test_ingest_command_rejects_naive_bounds(lake) -> None:
     result = CliRunner().invoke(main, ["ingest", "--start", "2026-05-01T00:00", "--end", "2026-05-01T01:00Z"])
     assert result.exit_code == 1 and "has no time zone" in result.output
+
+
+def test_sql_is_read_only(lake) -> None:
+    _load(lake)
+    result = CliRunner().invoke(main, ["sql", "delete from raw_metrics"])
+    assert result.exit_code == 1 and "read-only" in result.output.lower()
+    assert lake.query("SELECT count(*) AS n FROM raw_metrics")["n"][0] == 240

@@ -149,3 +149,54 @@ def test_interval_bounds_must_be_aware(lake) -> None:
         ingest_interval(
             "files", START.replace(tzinfo=None), END, "r", source=FrameSource(grid_frame(START, END))
         )
+
+
+def test_derived_dataset_repeats_live_keys_in_its_own_namespace(lake) -> None:
+    """A scenario or an injected copy (source not a live source name) may hold the same keys."""
+    frame = grid_frame(START, END)
+    _ingest(frame, "run-a", source="files")
+    report = _ingest(frame, "run-b", source="files+faults")
+    assert report.rows_loaded == len(frame) and report.rejects == {}
+    per_source = lake.query("SELECT source, count(*) AS n FROM raw_metrics GROUP BY ALL ORDER BY ALL")
+    assert per_source.to_dict("records") == [
+        {"source": "files", "n": 240},
+        {"source": "files+faults", "n": 240},
+    ]
+
+
+def test_out_of_range_timestamps_and_non_text_keys_are_quarantined_not_crashes(lake) -> None:
+    frame = grid_frame(START, END, hosts=("h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8")).astype(
+        {"ts": object, "host": object}
+    )
+    frame.loc[0, "ts"] = "3026-03-01T10:00Z"  # beyond the nanosecond range: a timestamp, not a crash
+    frame.loc[1, "host"] = 1  # an int host would collide with '1' after a cast
+    frame.loc[2, "host"] = "  h1  "  # padded: the same host as 'h1' (and the same key as before)
+    report = _ingest(frame)
+    assert report.rejects == {"outside_interval": 1, "bad_key": 1}
+    hosts = set(lake.query("SELECT DISTINCT host FROM raw_metrics")["host"])
+    assert "  h1  " not in hosts and "h1" in hosts
+
+
+def test_bool_and_missing_values_get_their_own_reasons(lake) -> None:
+    frame = grid_frame(START, END, hosts=("h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8"))
+    as_object = frame.astype({"value": object})
+    as_object.loc[0, "value"] = True
+    report = _ingest(as_object, "run-1")
+    assert report.rejects == {"non_numeric": 1}
+    nullable = frame.astype({"value": "Float64"})
+    nullable.loc[0, "value"] = pd.NA
+    report = _ingest(nullable, "run-2")
+    assert report.rejects == {"null_value": 1}
+
+
+def test_empty_or_shrunken_answer_does_not_delete_loaded_rows(lake) -> None:
+    frame = grid_frame(START, END)
+    _ingest(frame, "run-1")
+    with pytest.raises(IngestRejected, match=r"returned no rows, but the interval holds 240 rows"):
+        _ingest(frame.iloc[:0], "run-2")
+    with pytest.raises(IngestRejected, match=r"no rows for metric\(s\) load1"):
+        _ingest(frame[frame["metric"] == "cpu_util"], "run-3")
+    assert lake.query("SELECT count(*) AS n FROM raw_metrics")["n"][0] == 240
+    # on purpose: allowed, and the interval really empties
+    ingest_interval("files", START, END, "run-4", source=FrameSource(frame.iloc[:0]), allow_shrink=True)
+    assert lake.query("SELECT count(*) AS n FROM raw_metrics")["n"][0] == 0

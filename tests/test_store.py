@@ -176,3 +176,35 @@ def test_postgres_catalog_without_connection_says_which(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, catalog="postgres", catalog_conn_id="no_such_catalog")
     with pytest.raises(StoreError, match=r"no_such_catalog.*AIRFLOW_CONN_NO_SUCH_CATALOG"):
         Lake(settings).init()
+
+
+def _long_reader(home: str, started: mp.Event, finished: mp.Queue) -> None:
+    os.environ["ANOMALY_HOME"] = home
+    from anomaly.store import Lake
+
+    lake = Lake()
+    started.set()
+    # seconds of work inside one read of raw_metrics: the catalog stays attached throughout
+    lake.query("SELECT sum(r.value * x.range) FROM raw_metrics r, range(4000000) x")
+    finished.put(time.monotonic())
+
+
+def test_a_long_read_does_not_block_or_fail_a_writer(lake, anomaly_home) -> None:
+    from anomaly.ingest import ingest_interval
+
+    ingest_interval("files", T0, T0 + HOUR, "r0", source=FrameSource(grid_frame(T0, T0 + HOUR)))
+    ctx = mp.get_context("spawn")
+    started, finished = ctx.Event(), ctx.Queue()
+    reader = ctx.Process(target=_long_reader, args=(str(anomaly_home), started, finished))
+    reader.start()
+    assert started.wait(60)
+    time.sleep(1.0)  # let the read get going
+    ingest_interval(
+        "files", T0 + HOUR, T0 + 2 * HOUR, "r1", source=FrameSource(grid_frame(T0 + HOUR, T0 + 2 * HOUR))
+    )
+    wrote_at = time.monotonic()
+    reader.join(timeout=240)
+    assert reader.exitcode == 0
+    read_done = finished.get(timeout=5)
+    assert wrote_at < read_done, "the writer waited for the reader to finish"
+    assert lake.query("SELECT count(*) AS n FROM raw_metrics")["n"][0] == 480

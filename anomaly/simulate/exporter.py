@@ -6,6 +6,12 @@ averages over its window). Counters integrate the canonical rate sample by sampl
 ``c[k] = c[k-1] + rate[k] * step``, from a start value set by the host's uptime, so
 ``(c[k] - c[k-1]) / step`` gives back the canonical rate at ``t[k]``.
 
+Reboots: a modifier (the ``host_reboot`` fault) records boot instants in
+``SimBlock.resets``; every counter of that host restarts from 0 at each boot (its first
+sample after the boot holds only what accrued since) and is monotonic between boots. A
+missing canonical sample (NaN) is a missed scrape: no raw sample is emitted for it, while the
+counter keeps counting underneath at the last known rate.
+
 Series come family by family (all hosts of one metric name together), as the
 OpenMetrics text format requires. Counter exactness across separate renders is
 not a goal: each render integrates from its own start.
@@ -64,10 +70,43 @@ def _core_spread(host: Host, cores: int) -> np.ndarray:
     return (d / np.abs(d).max())[:, None]
 
 
-def _counter(host: Host, rate: np.ndarray, step: int) -> np.ndarray:
-    """Cumulative counter whose per-step increase is ``rate * step``; starts as if up ``uptime_s``."""
-    rate = np.where(np.isfinite(rate), np.maximum(rate, 0.0), 0.0)  # a counter never goes down
-    return host.uptime_s * rate[..., :1] + np.cumsum(rate * step, axis=-1)
+def _hold_missing(rate: np.ndarray) -> np.ndarray:
+    """``rate`` clipped at 0 with non-finite samples replaced by the last finite one before them
+    (the first finite one for a leading run; 0 if there is none): the counter keeps counting."""
+    ok = np.isfinite(rate)
+    clean = np.where(ok, np.maximum(rate, 0.0), 0.0)
+    if ok.all():
+        return clean
+    n = rate.shape[-1]
+    last = np.maximum.accumulate(np.where(ok, np.arange(n), -1), axis=-1)
+    first = np.argmax(ok, axis=-1)[..., None]
+    return np.take_along_axis(clean, np.where(last < 0, first, last), axis=-1)
+
+
+def _counter(host: Host, rate: np.ndarray, step: int, t: np.ndarray, boots: Sequence[int] = ()) -> np.ndarray:
+    """Cumulative counter whose per-step increase is ``rate * step``; NaN where ``rate`` is missing.
+
+    Before the render's first boot it starts as if the host had been up ``uptime_s``; from each
+    boot ``b`` in ``boots`` (epoch seconds) it restarts: the first sample at ``t >= b`` holds
+    ``rate * (t - b)``. A boot before ``t[0]`` sets the starting value the same way.
+    """
+    r = _hold_missing(rate)  # a counter never goes down
+    cum = np.cumsum(r * step, axis=-1)
+    b = np.asarray(sorted(boots), dtype=np.int64)
+    segment = np.searchsorted(b, t, side="right")  # boots at or before each sample
+    if not segment.any():
+        c = host.uptime_s * r[..., :1] + cum
+    else:
+        first = np.searchsorted(segment, segment, side="left")  # each sample's segment start
+        since_boot = t[first] - b[np.maximum(segment - 1, 0)]
+        restarted = cum - cum[..., first] + r[..., first] * since_boot
+        c = np.where(segment > 0, restarted, host.uptime_s * r[..., :1] + cum)
+    return np.where(np.isfinite(rate), c, np.nan)  # a missing sample stays missing
+
+
+def _scraped(companion: np.ndarray, constant: float) -> np.ndarray:
+    """A constant gauge (a total) sampled when its collector was: missing where ``companion`` is."""
+    return np.where(np.isfinite(companion), float(constant), np.nan)
 
 
 def _series(name: str, labels: dict[str, str], kind: str, t: np.ndarray, x: np.ndarray) -> RawSeries:
@@ -122,7 +161,7 @@ def node_exporter_series(
                     _labels(h, cpu=str(c), mode=mode),
                     "counter",
                     t,
-                    _counter(h, rates[mode][c], step),
+                    _counter(h, rates[mode][c], step, t, block.resets.get(h.name, ())),
                 )
 
     def gauges(name: str, per_host: Callable[[int, Host], tuple[Any, dict[str, str]]]) -> Iterator[RawSeries]:
@@ -132,22 +171,29 @@ def node_exporter_series(
 
     def counters(name: str, metric: str, extra: dict[str, str], kind: str = "counter") -> Iterator[RawSeries]:
         for i, h in enumerate(hosts):
-            yield _series(name, _labels(h, **extra), kind, t, _counter(h, v[metric][i], step))
+            boots = block.resets.get(h.name, ())
+            yield _series(name, _labels(h, **extra), kind, t, _counter(h, v[metric][i], step, t, boots))
 
     fs = {"device": "/dev/sda1", "fstype": "ext4", "mountpoint": "/"}
     yield from gauges("node_load1", lambda i, h: (v["load1"][i], {}))
     yield from gauges(
         "node_memory_MemAvailable_bytes", lambda i, h: (h.mem_bytes * (1.0 - v["mem_util"][i]), {})
     )
-    yield from gauges("node_memory_MemTotal_bytes", lambda i, h: (float(h.mem_bytes), {}))
+    yield from gauges(
+        "node_memory_MemTotal_bytes", lambda i, h: (_scraped(v["mem_util"][i], h.mem_bytes), {})
+    )
     yield from gauges(
         "node_memory_SwapFree_bytes", lambda i, h: (h.swap_bytes * (1.0 - v["swap_util"][i]), {})
     )
-    yield from gauges("node_memory_SwapTotal_bytes", lambda i, h: (float(h.swap_bytes), {}))
+    yield from gauges(
+        "node_memory_SwapTotal_bytes", lambda i, h: (_scraped(v["swap_util"][i], h.swap_bytes), {})
+    )
     yield from gauges(
         "node_filesystem_avail_bytes", lambda i, h: (h.disk_bytes * (1.0 - v["disk_util"][i]), fs)
     )
-    yield from gauges("node_filesystem_size_bytes", lambda i, h: (float(h.disk_bytes), fs))
+    yield from gauges(
+        "node_filesystem_size_bytes", lambda i, h: (_scraped(v["disk_util"][i], h.disk_bytes), fs)
+    )
     sda, eth0 = {"device": "sda"}, {"device": "eth0"}
     yield from counters("node_disk_read_bytes_total", "disk_read_bytes", sda)
     yield from counters("node_disk_written_bytes_total", "disk_write_bytes", sda)

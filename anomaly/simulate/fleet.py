@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -75,9 +75,9 @@ class Host:
     uptime_s: int = 7 * _DAY  # uptime when a raw-series render starts: seeds counter values
 
     def __post_init__(self) -> None:
-        if self.role not in ROLES:
+        if self.role not in (*ROLES, "unknown"):  # 'unknown': a real host from the store
             raise ValueError(f"host {self.name!r}: role must be one of {ROLES}, got {self.role!r}")
-        if self.environment not in ENVIRONMENTS:
+        if self.environment not in (*ENVIRONMENTS, "unknown"):
             raise ValueError(
                 f"host {self.name!r}: environment must be one of {ENVIRONMENTS}, got {self.environment!r}"
             )
@@ -507,6 +507,10 @@ class SimBlock:
     step_seconds: int
     seed: int
     values: dict[str, np.ndarray]
+    # host name -> epoch seconds at which the host rebooted: raw counters restart from 0 there
+    resets: dict[str, list[int]] = field(default_factory=dict)
+    # fault-free values of a block of REAL series (injection into stored data); None when simulated
+    original: dict[str, np.ndarray] | None = None
 
 
 Modifier = Callable[[SimBlock], None]
@@ -548,6 +552,19 @@ def simulate_arrays(
     return block
 
 
+def baseline_at(host: Host, metric: str, t: np.ndarray, seed: int) -> np.ndarray:
+    """Fault-free value of ``metric`` for ``host`` at arbitrary epoch seconds ``t`` (any order).
+
+    Values are pure functions of absolute time, so this equals what any block covering ``t``
+    holds before modifiers run.
+    """
+    t = np.asarray(t, dtype=np.int64)
+    if t.size == 0:
+        return np.empty(0)
+    values = _baseline((host,), np.unique(t), seed)[metric][0]
+    return values[np.searchsorted(np.unique(t), t)]
+
+
 def simulate(
     fleet: Sequence[Host],
     start: datetime,
@@ -580,7 +597,7 @@ def simulate(
     value = np.ascontiguousarray(cube.transpose(1, 0, 2)).reshape(-1).astype(np.float64, copy=False)
     ts_us = np.repeat(block.t * 1_000_000, n_h * n_m).view("datetime64[us]")
     hosts = np.array([h.name for h in block.fleet], dtype=object)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "ts": pd.Series(pd.DatetimeIndex(ts_us).tz_localize(UTC)),
             "host": pd.Series(np.tile(np.repeat(hosts, n_m), n_t), dtype=object),
@@ -588,6 +605,11 @@ def simulate(
             "value": value,
         }
     )
+    # NaN in a block means "no sample" (a missed scrape, a host down): such rows do not exist
+    missing = np.isnan(value)
+    if missing.any():
+        frame = frame.loc[~missing].reset_index(drop=True)
+    return frame
 
 
 __all__ = [

@@ -12,11 +12,22 @@ files always give the same frame.
 What passes through untouched, for the ingest step to quarantine with a reason:
 
 * value text that is not a number (``"n/a"``, ``"12,5"``): kept as text, the value column is
-  then ``object`` dtype; an empty cell is a missing value (NaN);
+  then ``object`` dtype;
+* a missing value in the long layout (an empty or blank CSV cell, a Parquet null): ``None`` in
+  an ``object`` value column (``<NA>`` in a ``boolean`` one), so the ingest reports it as
+  ``null_value``; a real NaN (Parquet float NaN, the text ``nan``) stays a float NaN;
+* Parquet ``decimal`` values become float64 (a translation); ``bool`` values stay ``bool`` (the
+  ingest rejects them as ``non_numeric``);
+* a missing timestamp (an empty CSV cell, a Parquet null) is read whatever the interval, as
+  ``None`` in an ``object`` ts column, so the ingest quarantines the row as ``bad_timestamp``;
 * CSV timestamps without an offset (``2025-01-01T00:00:00``): kept *naive*. Timestamps with
   ``Z`` or an offset become UTC-aware. For the interval filter a naive value is compared as
   if it were UTC, but it is not converted. Parquet timestamp columns behave the same way
   (with a time zone: converted to UTC; without: naive).
+
+In the wide layout an empty cell (an empty or blank CSV cell, a Parquet null) means "this metric
+was not reported at this time": it is an absent sample, not a value, and gives no row. A real
+NaN in a Parquet float column is a value and does give a row.
 
 A CSV timestamp that does not parse as ISO-8601 at all is a structural problem of the file,
 not of one sample: it raises ``SourceError`` naming the file, row and text.
@@ -185,7 +196,10 @@ class FilesSource:
             frames.extend(f for f in chunks if len(f))
         if not frames:
             return empty_frame()
-        return pd.concat(frames, ignore_index=True)
+        frame = pd.concat(frames, ignore_index=True)
+        # After the concat: an all-None object chunk would otherwise turn back into NaT.
+        frame["ts"] = missing_ts_as_none(frame["ts"])
+        return frame
 
     def _plan(self, path: Path, columns: Sequence[str]) -> tuple[str, list[str], list[str]]:
         """Layout of one file, the columns to read and the metric columns (wide)."""
@@ -250,7 +264,9 @@ class FilesSource:
         if pa.types.is_timestamp(ts_type):
             # Push the interval down: row groups outside it are skipped using Parquet statistics.
             lo, hi = (start, end) if ts_type.tz else (_utc_naive(start), _utc_naive(end))
-            expr = (field >= pa.scalar(lo, type=ts_type)) & (field < pa.scalar(hi, type=ts_type))
+            # Rows without a timestamp are read too: the ingest quarantines them as bad_timestamp.
+            inside = (field >= pa.scalar(lo, type=ts_type)) & (field < pa.scalar(hi, type=ts_type))
+            expr = inside | field.is_null()
         elif pa.types.is_string(ts_type) or pa.types.is_large_string(ts_type):
             expr = None  # text timestamps are parsed like CSV, then filtered
         else:
@@ -271,19 +287,11 @@ class FilesSource:
                 ts = batch.column(self.ts_column).to_pandas()
                 if ts.dt.tz is not None:
                     ts = ts.dt.tz_convert("UTC")
-                yield self._to_long(
-                    _numbers_where_possible(batch, self._value_columns(layout, metrics)).to_pandas(),
-                    _as_us(ts),
-                    layout,
-                    metrics,
-                )
+                yield self._to_long(pa.Table.from_batches([batch]), _as_us(ts), layout, metrics)
         except pa.ArrowException as exc:
             raise SourceError(f"files source: {path}: cannot read the Parquet file: {exc}") from exc
 
     # ------------------------------------------------------------------ shaping
-    def _value_columns(self, layout: str, metrics: list[str]) -> list[str]:
-        return [self.value_column] if layout == "long" else metrics
-
     def _filtered(
         self,
         batch: pa.RecordBatch,
@@ -293,54 +301,157 @@ class FilesSource:
         layout: str,
         metrics: list[str],
     ) -> Iterator[pd.DataFrame]:
-        """The batch's rows inside the interval; filtered in Arrow so the rest never reaches pandas."""
+        """The batch's rows inside the interval (and those without a timestamp); filtered in Arrow so
+        the rest never reaches pandas."""
         import pyarrow as pa
 
         keep = _in_interval(ts, start, end)
         if keep.any():
-            kept = _numbers_where_possible(batch.filter(pa.array(keep)), self._value_columns(layout, metrics))
-            yield self._to_long(kept.to_pandas(), ts[keep], layout, metrics)
+            kept = pa.Table.from_batches([batch.filter(pa.array(keep))])
+            yield self._to_long(kept, ts[keep], layout, metrics)
 
-    def _to_long(self, frame: pd.DataFrame, ts: pd.Series, layout: str, metrics: list[str]) -> pd.DataFrame:
+    def _to_long(self, table: pa.Table, ts: pd.Series, layout: str, metrics: list[str]) -> pd.DataFrame:
         """One chunk (already filtered) in the canonical layout, row order preserved."""
         import numpy as np
         import pandas as pd
 
-        n = len(frame)
+        n = table.num_rows
         ts = ts.reset_index(drop=True)
-        host = _object_array(frame[self.host_column])
+        host = _object_array(table.column(self.host_column).to_pandas())
         if layout == "long":
             return pd.DataFrame(
                 {
                     "ts": ts,
                     "host": pd.Series(host, dtype=object),
-                    "metric": pd.Series(_object_array(frame[self.metric_column]), dtype=object),
-                    "value": _value_series(_values(frame[self.value_column])),
+                    "metric": pd.Series(
+                        _object_array(table.column(self.metric_column).to_pandas()), dtype=object
+                    ),
+                    "value": long_value_series(*_column_values(table.column(self.value_column))),
                 },
                 columns=list(CANONICAL_COLUMNS),
             )
         k = len(metrics)
-        values = [_values(frame[m]) for m in metrics]
-        dtype = np.float64 if all(v.dtype == np.float64 for v in values) else object
-        # Row-major (n, k) -> ravel keeps row order, metrics in column order within a row.
-        stacked = np.column_stack([v.astype(dtype) for v in values])
+        values, keep = melt_values([_column_values(table.column(m)) for m in metrics])
         return pd.DataFrame(
             {
-                "ts": ts.repeat(k).reset_index(drop=True),
-                "host": pd.Series(np.repeat(host, k), dtype=object),
-                "metric": pd.Series(np.tile(np.array(metrics, dtype=object), n), dtype=object),
-                "value": _value_series(stacked.ravel()),
+                "ts": ts.repeat(k)[keep].reset_index(drop=True),
+                "host": pd.Series(np.repeat(host, k)[keep], dtype=object),
+                "metric": pd.Series(np.tile(np.array(metrics, dtype=object), n)[keep], dtype=object),
+                "value": pd.Series(values[keep], dtype=values.dtype),
             },
             columns=list(CANONICAL_COLUMNS),
         )
 
 
-# ---------------------------------------------------------------------- helpers
-def _value_series(values: np.ndarray) -> pd.Series:
-    """Wrap values keeping their dtype: pandas 3 would infer ``str`` for an all-text object array."""
+# ---------------------------------------------------------------------- shared with postgres
+def missing_ts_as_none(ts: pd.Series) -> pd.Series:
+    """A ts column with missing values as ``None`` in an ``object`` column, else unchanged.
+
+    The ingest reports ``None`` in an object column as ``bad_timestamp``; NaT in a datetime
+    column would not be (see the module docstring).
+
+    Example::
+
+        >>> import pandas as pd
+        >>> missing_ts_as_none(pd.Series(pd.to_datetime(["2025-01-01T00:00Z", None], utc=True))).tolist()
+        [Timestamp('2025-01-01 00:00:00+0000', tz='UTC'), None]
+    """
     import pandas as pd
 
-    return pd.Series(values, dtype=values.dtype)
+    missing = ts.isna().to_numpy()
+    if not missing.any():
+        return ts
+    out = ts.astype(object).to_numpy(copy=True)
+    out[missing] = None
+    return pd.Series(out, index=ts.index, dtype=object)
+
+
+def long_value_series(values: np.ndarray, missing: np.ndarray) -> pd.Series:
+    """The long layout's value column: missing cells become ``None`` (``<NA>`` for bool), not NaN.
+
+    Without missing cells the array's dtype is kept (pandas 3 would infer ``str`` for an
+    all-text object array).
+
+    Example::
+
+        >>> import numpy as np
+        >>> long_value_series(np.array([1.5, np.nan, np.nan]), np.array([False, False, True])).tolist()
+        [1.5, nan, None]
+    """
+    import numpy as np
+    import pandas as pd
+
+    if not missing.any():
+        return pd.Series(values, dtype=values.dtype)
+    if values.dtype == np.bool_:
+        return pd.Series(pd.arrays.BooleanArray(values, missing))
+    out = values.astype(object)  # a copy
+    out[missing] = None
+    return pd.Series(out, dtype=object)
+
+
+def melt_values(columns: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Wide metric columns ``(values, missing)`` -> row-major values and which cells to keep.
+
+    A missing cell of a wide table is an absent sample and is not kept. The values keep the
+    columns' dtype when they share one (float64, bool), else they are ``object``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> values, keep = melt_values([(np.array([1.0, np.nan]), np.array([False, True])),
+        ...                             (np.array([2.0, np.nan]), np.array([False, False]))])
+        >>> values[keep].tolist()
+        [1.0, 2.0, nan]
+    """
+    import numpy as np
+
+    dtypes = {v.dtype for v, _ in columns}
+    dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(object)
+    # Row-major (n, k) -> ravel keeps row order, metrics in column order within a row.
+    values = np.column_stack([v.astype(dtype) for v, _ in columns]).ravel()
+    keep = ~np.column_stack([m for _, m in columns]).ravel()
+    return values, keep
+
+
+# ---------------------------------------------------------------------- helpers
+def _column_values(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow value column as ``(values, missing)``.
+
+    Numbers (integer, float, decimal) become float64, keeping NaN apart from null (``missing``);
+    bool stays bool; text that is entirely numbers (or blank) becomes float64, other text keeps
+    the cells that are not numbers as text (object array). A blank text cell is missing. Other
+    types pass through as Python objects for the ingest to judge.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = pc.cast(column, kind.value_type)
+        kind = kind.value_type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(column), ""), True)
+        missing = blank.to_numpy(zero_copy_only=False)
+        if missing.any():
+            column = pc.if_else(blank, pa.scalar(None, kind), column)
+        try:
+            return _float64(pc.cast(column, pa.float64())), missing
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return _values(column.to_pandas()), missing  # some cell is not a number: cell by cell
+    missing = column.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return _float64(pc.cast(column, pa.float64(), safe=False)), missing
+    if pa.types.is_boolean(kind):
+        return pc.fill_null(column, False).to_numpy(zero_copy_only=False), missing
+    return _object_array(column.to_pandas()), missing
+
+
+def _float64(column: pa.ChunkedArray) -> np.ndarray:
+    """A float64 Arrow column as a writable numpy array, null as NaN."""
+    import numpy as np
+
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64).copy()
 
 
 def _object_array(series: pd.Series) -> np.ndarray:
@@ -353,22 +464,22 @@ def _object_array(series: pd.Series) -> np.ndarray:
 
 
 def _values(series: pd.Series) -> np.ndarray:
-    """Numbers as float64; text that is not a number stays text (object array), not NaN.
+    """Text cells: numbers as float64; text that is not a number stays text (object array), not NaN.
+
+    Missing cells (``None``) become NaN here; the caller knows them from Arrow.
 
     Example::
 
         >>> import pandas as pd
-        >>> _values(pd.Series(["1.5", "n/a", "", "12,5"], dtype=object)).tolist()
-        [1.5, 'n/a', nan, '12,5']
+        >>> _values(pd.Series(["1.5", "n/a", None, "12,5", "nan"], dtype=object)).tolist()
+        [1.5, 'n/a', nan, '12,5', nan]
     """
     import numpy as np
     import pandas as pd
 
-    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
-        return series.to_numpy(dtype=np.float64, na_value=np.nan)
     raw = series.astype(object).reset_index(drop=True)
     numbers = pd.to_numeric(raw, errors="coerce")
-    text = raw.str.strip().str.lower()  # non-text cells become NaN here, which isin() ignores
+    text = raw.map(lambda v: v.strip().lower() if isinstance(v, str) else "")
     # NaN from to_numeric means "did not parse" unless the cell was empty, missing or literally "nan".
     unparsed = numbers.isna() & raw.notna() & ~text.isin(["", "nan"])
     if not unparsed.any():
@@ -376,25 +487,6 @@ def _values(series: pd.Series) -> np.ndarray:
     out = numbers.astype(object).to_numpy(copy=True)  # pandas 3 hands out read-only views
     out[unparsed.to_numpy()] = raw[unparsed].to_numpy()
     return out
-
-
-def _numbers_where_possible(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.Table:
-    """Text columns that are entirely numbers become float64 in Arrow (fast); others stay text.
-
-    Columns with any non-number are left to ``_values``, which keeps those cells as text.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    table = pa.Table.from_batches([batch])
-    for i, field in enumerate(table.schema):
-        # Only value columns: a failed cast of a label column costs a full pass for nothing.
-        if field.name in columns and (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
-            try:
-                table = table.set_column(i, field.name, pc.cast(table.column(i), pa.float64()))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                pass  # some cell is not a number: handled cell by cell in _values
-    return table
 
 
 def _parse_ts_arrow(values: pa.Array | pa.ChunkedArray, path: Path, column: str, first_row: int) -> pd.Series:
@@ -422,10 +514,12 @@ def _parse_ts_text(text: pd.Series, path: Path, column: str, first_row: int) -> 
     import pandas as pd
 
     raw = text.astype(object).reset_index(drop=True)
-    has_offset = raw.str.match(_HAS_OFFSET, na=False).astype(bool)
+    # An empty cell is a missing timestamp (NaT), passed on for the ingest to quarantine.
+    blank = raw.map(lambda v: not isinstance(v, str) or not v.strip()).astype(bool)
+    has_offset = raw.where(~blank).str.match(_HAS_OFFSET, na=False).astype(bool)
     aware = pd.to_datetime(raw.where(has_offset), utc=True, format="ISO8601", errors="coerce")
-    naive = pd.to_datetime(raw.where(~has_offset), format="ISO8601", errors="coerce")
-    bad = (has_offset & aware.isna()) | (~has_offset & naive.isna())
+    naive = pd.to_datetime(raw.where(~has_offset & ~blank), format="ISO8601", errors="coerce")
+    bad = (has_offset & aware.isna()) | (~has_offset & ~blank & naive.isna())
     if bad.any():
         i = int(bad.to_numpy().nonzero()[0][0])
         row = first_row + i
@@ -434,7 +528,7 @@ def _parse_ts_text(text: pd.Series, path: Path, column: str, first_row: int) -> 
             "ISO-8601 timestamp"
         )
     aware, naive = _as_us(aware), _as_us(naive)
-    if has_offset.all():
+    if has_offset[~blank].all():
         return aware
     if not has_offset.any():
         return naive
@@ -450,16 +544,22 @@ def _as_us(ts: pd.Series) -> pd.Series:
 
 
 def _in_interval(ts: pd.Series, start: datetime, end: datetime) -> np.ndarray:
-    """``start <= ts < end``; naive values are compared as UTC wall clock, not converted."""
+    """``start <= ts < end`` or no ts at all; naive values are compared as UTC wall clock, not converted.
+
+    Rows without a timestamp are kept so that the ingest can quarantine them (bad_timestamp).
+    """
     import pandas as pd
 
+    missing = ts.isna().to_numpy()
     if isinstance(ts.dtype, pd.DatetimeTZDtype):
-        return ((ts >= start) & (ts < end)).to_numpy()
+        return ((ts >= start) & (ts < end)).to_numpy() | missing
     if pd.api.types.is_datetime64_dtype(ts.dtype):
-        return ((ts >= _utc_naive(start)) & (ts < _utc_naive(end))).to_numpy()
-    # object: a mix of aware and naive Timestamps.
-    aware = ts.map(lambda v: v.tzinfo is not None).astype(bool)
+        return ((ts >= _utc_naive(start)) & (ts < _utc_naive(end))).to_numpy() | missing
+    # object: a mix of aware and naive Timestamps (and NaT).
     lo, hi = pd.Timestamp(start), pd.Timestamp(end)
     lo_n, hi_n = pd.Timestamp(_utc_naive(start)), pd.Timestamp(_utc_naive(end))
-    keep = [(lo <= v < hi) if a else (lo_n <= v < hi_n) for v, a in zip(ts, aware, strict=True)]
+    keep = [
+        True if m else (lo <= v < hi) if v.tzinfo is not None else (lo_n <= v < hi_n)
+        for v, m in zip(ts, missing, strict=True)
+    ]
     return pd.Series(keep, dtype=bool).to_numpy()

@@ -5,11 +5,23 @@ Two table layouts are understood::
     long:  ts, host, metric, value          (one row per sample)
     wide:  ts, host, <metric_a>, <metric_b>  (one row per host and time, one column per metric)
 
-Each ``fetch(start, end)`` runs one query ``WHERE ts >= start AND ts < end`` with the bounds
-sent as bound parameters; table and column names are checked against a strict identifier
+Each ``fetch(start, end)`` runs one query ``WHERE (ts >= start AND ts < end) OR ts IS NULL`` with
+the bounds sent as bound parameters; table and column names are checked against a strict identifier
 pattern and quoted by the driver's ``sql.Identifier``, so neither can smuggle SQL in.
 Rows are streamed through a server-side cursor in chunks, so a long interval costs the
 memory of the result, not of a driver buffer on top of it.
+
+Rows whose ts is NULL are read with every interval (they belong to none): they come back with
+ts ``None`` in an ``object`` ts column, so the ingest quarantines them as ``bad_timestamp``
+instead of them vanishing. NULL values:
+
+* long layout: a NULL value is a missing sample and comes back as ``None`` (``object`` value
+  column) so the ingest reports ``null_value``; a ``'NaN'`` float or numeric stays NaN;
+* wide layout: a NULL cell means the metric was not reported at that time; it is an absent
+  sample and gives no row.
+
+``numeric``/integer columns become float64; ``boolean`` stays bool (the ingest rejects it as
+``non_numeric``); other types pass through as the driver returns them.
 
 Timestamps: a ``timestamptz`` column is returned as UTC-aware ``datetime64``. A
 ``timestamp without time zone`` column is passed through *naive*: which zone those
@@ -38,6 +50,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 from anomaly.sources.base import CANONICAL_COLUMNS, SourceError, empty_frame, plan_layout, require_aware
+from anomaly.sources.files import long_value_series, melt_values, missing_ts_as_none
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,6 +68,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # PostgreSQL type OIDs (pg_type.oid) that matter here; they are stable across versions.
 _TIMESTAMP = 1114  # timestamp without time zone
 _TIMESTAMPTZ = 1184  # timestamp with time zone
+_BOOL = 16  # boolean
 _NUMERIC_OIDS = frozenset({20, 21, 23, 26, 700, 701, 1700})  # int8/2/4, oid, float4/8, numeric
 # Names for error messages only.
 _TYPE_NAMES = {16: "boolean", 20: "bigint", 23: "integer", 25: "text", 701: "double precision",
@@ -217,7 +231,7 @@ class PostgresSource:
 
     # ------------------------------------------------------------------ fetch
     def fetch(self, start: datetime, end: datetime) -> pd.DataFrame:
-        """Rows with ``start <= ts < end`` in the canonical long layout.
+        """Rows with ``start <= ts < end`` (and rows whose ts is NULL) in the canonical long layout.
 
         Example::
 
@@ -288,8 +302,10 @@ class PostgresSource:
         else:
             selected = [self.ts_column, self.host_column, *metrics]
             order = selected[:2]
+        # NULL ts rows too (sorted last): the ingest quarantines them as bad_timestamp.
         query = sql.SQL(
-            "SELECT {cols} FROM {table} WHERE {ts} >= %(start)s AND {ts} < %(end)s ORDER BY {order}"
+            "SELECT {cols} FROM {table} WHERE ({ts} >= %(start)s AND {ts} < %(end)s) OR {ts} IS NULL "
+            "ORDER BY {order}"
         )
         query = query.format(
             cols=sql.SQL(", ").join(sql.Identifier(c) for c in selected),
@@ -317,7 +333,9 @@ class PostgresSource:
             return empty_frame()
         import pandas as pd
 
-        return pd.concat(frames, ignore_index=True)
+        frame = pd.concat(frames, ignore_index=True)
+        frame["ts"] = missing_ts_as_none(frame["ts"])  # NULL ts -> None, for the ingest's bad_timestamp
+        return frame
 
     def _resolve_layout(self, columns: dict[str, int]) -> tuple[Literal["long", "wide"], list[str]]:
         """Decide the layout from the table's columns and check the required ones exist."""
@@ -340,29 +358,27 @@ def _ts_array(values: Sequence[Any], ts_type: int) -> pd.Series:
     import pandas as pd
 
     # PostgreSQL stores microseconds: the "us" unit is exact, and pandas 2 would default to "ns".
+    # NULL becomes NaT here and None after the concat in ``_fetch``.
     if ts_type == _TIMESTAMPTZ:
         return pd.Series(pd.to_datetime(list(values), utc=True)).dt.as_unit("us")
     # timestamp without time zone: naive datetimes, passed through naive (never assumed UTC).
     return pd.Series(pd.DatetimeIndex(list(values))).dt.as_unit("us")
 
 
-def _value_array(values: Sequence[Any], type_code: int) -> np.ndarray:
+def _value_array(values: Sequence[Any], type_code: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, missing)``: numbers as float64 (NULL as NaN, flagged missing), bool as bool, else objects."""
     import numpy as np
 
+    missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
     if type_code in _NUMERIC_OIDS:
-        # Decimal/int -> float64 is a translation; NULL becomes NaN for the ingest to judge.
-        return np.asarray(values, dtype=np.float64)
+        # Decimal/int -> float64 is a translation; NaN stays NaN, NULL is told apart by ``missing``.
+        return np.asarray(values, dtype=np.float64), missing
+    if type_code == _BOOL:
+        return np.fromiter((bool(v) for v in values), dtype=bool, count=len(values)), missing
     # Text or other types pass through as they came so the ingest can quarantine them.
     out = np.empty(len(values), dtype=object)
     out[:] = list(values)
-    return out
-
-
-def _value_series(values: np.ndarray) -> pd.Series:
-    """Keep the array's dtype: pandas 3 would infer its ``str`` dtype for an all-text object array."""
-    import pandas as pd
-
-    return pd.Series(values, dtype=values.dtype)
+    return out, missing
 
 
 def _long_chunk(rows: list[tuple[Any, ...]], ts_type: int, value_type: int) -> pd.DataFrame:
@@ -374,7 +390,7 @@ def _long_chunk(rows: list[tuple[Any, ...]], ts_type: int, value_type: int) -> p
             "ts": _ts_array(ts, ts_type),
             "host": pd.Series(host, dtype=object),
             "metric": pd.Series(metric, dtype=object),
-            "value": _value_series(_value_array(value, value_type)),
+            "value": long_value_series(*_value_array(value, value_type)),
         },
         columns=list(CANONICAL_COLUMNS),
     )
@@ -383,23 +399,24 @@ def _long_chunk(rows: list[tuple[Any, ...]], ts_type: int, value_type: int) -> p
 def _wide_chunk(
     rows: list[tuple[Any, ...]], ts_type: int, metrics: list[str], value_types: list[int]
 ) -> pd.DataFrame:
+    """Melt a wide chunk; NULL cells are absent samples and give no row."""
     import numpy as np
     import pandas as pd
 
     columns = list(zip(*rows, strict=True))
     n, k = len(rows), len(metrics)
-    values = [_value_array(col, t) for col, t in zip(columns[2:], value_types, strict=True)]
-    dtype = np.float64 if all(v.dtype == np.float64 for v in values) else object
-    # Row-major (n, k) -> ravel gives ts/host-major order with metrics in column order.
-    stacked = np.column_stack([v.astype(dtype) for v in values]) if values else np.empty((n, 0), dtype)
+    values, keep = melt_values(
+        [_value_array(col, t) for col, t in zip(columns[2:], value_types, strict=True)]
+    )
     host = np.empty(n, dtype=object)
     host[:] = list(columns[1])
+    ts = _ts_array(columns[0], ts_type)
     return pd.DataFrame(
         {
-            "ts": _ts_array(columns[0], ts_type).repeat(k).reset_index(drop=True),
-            "host": pd.Series(np.repeat(host, k), dtype=object),
-            "metric": pd.Series(np.tile(np.array(metrics, dtype=object), n), dtype=object),
-            "value": _value_series(stacked.ravel()),
+            "ts": ts.repeat(k)[keep].reset_index(drop=True),
+            "host": pd.Series(np.repeat(host, k)[keep], dtype=object),
+            "metric": pd.Series(np.tile(np.array(metrics, dtype=object), n)[keep], dtype=object),
+            "value": pd.Series(values[keep], dtype=values.dtype),
         },
         columns=list(CANONICAL_COLUMNS),
     )

@@ -61,7 +61,18 @@ class SimulationSource:
             >>> SimulationSource.from_settings(Settings(sim_hosts=5)).n_hosts
             5
         """
-        return cls(n_hosts=settings.sim_hosts, seed=settings.sim_seed, step_seconds=settings.step_seconds)
+        modifiers = ()
+        if settings.sim_faults_file is not None:
+            # faults planned once (anomaly simulate, the demo) and applied to every interval fetched
+            from anomaly.simulate.faults import inject, load_faults
+
+            modifiers = (inject(load_faults(settings.sim_faults_file)),)
+        return cls(
+            n_hosts=settings.sim_hosts,
+            seed=settings.sim_seed,
+            step_seconds=settings.step_seconds,
+            modifiers=modifiers,
+        )
 
     def fetch(self, start: datetime, end: datetime) -> pd.DataFrame:
         """Canonical rows (ts, host, metric, value) on the step grid within ``[start, end)``."""

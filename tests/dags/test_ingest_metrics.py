@@ -67,16 +67,24 @@ def test_two_intervals_then_rerun_of_first_is_unchanged(ingest_dag) -> None:
     assert runs["n"][0] == 3
 
 
-def test_failed_source_fails_the_run_and_keeps_the_interval(ingest_dag, monkeypatch) -> None:
+def test_failed_source_fails_the_run_and_keeps_the_interval(ingest_dag, monkeypatch, tmp_path) -> None:
+    """A source that errors fails the run and leaves the rows it would have replaced untouched."""
     from anomaly.settings import get_settings
+    from anomaly.sources.simulation import SimulationSource
     from anomaly.store import Lake
 
-    assert run_interval(ingest_dag, T0).state == "success"
-    before = fingerprint(Lake())
-    # Nothing listens on port 9 of loopback: a real connection failure, not a mock.
-    monkeypatch.setenv("ANOMALY_PROMETHEUS_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("ANOMALY_PROMETHEUS_RETRIES", "0")
+    files = tmp_path / "metrics"
+    files.mkdir()
+    SimulationSource(n_hosts=3).fetch(T0, T0 + HOUR).to_parquet(files / "a.parquet")
+    monkeypatch.setenv("ANOMALY_FILES_GLOB", str(files / "*.parquet"))
     get_settings.cache_clear()
-    failed = run_interval(ingest_dag, T0, source="prometheus")
+    assert run_interval(ingest_dag, T0, source="files").state == "success"
+    before = fingerprint(Lake())
+    assert before[0] == 2700
+    # the same source, now failing: its files are gone (a real error, raised by the real source)
+    (files / "a.parquet").unlink()
+    failed = run_interval(ingest_dag, T0, source="files")
     assert failed.state == "failed"
     assert fingerprint(Lake()) == before
+    log = Lake().query("SELECT status FROM ingest_log ORDER BY finished_at")
+    assert log["status"].tolist() == ["loaded"]  # the failed run wrote nothing, not even a log row

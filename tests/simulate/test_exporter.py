@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from anomaly.metrics import DEFAULT_METRIC_NAMES
-from anomaly.simulate import Host, RawSeries, make_fleet, node_exporter_series, simulate_arrays
+from anomaly.simulate import Host, RawSeries, SimBlock, make_fleet, node_exporter_series, simulate_arrays
 
 START = datetime(2025, 1, 8, 1, 30, 10, tzinfo=UTC)  # off-grid on purpose
 END = START + timedelta(hours=3)
@@ -200,3 +200,100 @@ def test_every_canonical_metric_is_rendered() -> None:
 def test_empty_interval_renders_nothing(fleet: list[Host]) -> None:
     start = datetime(2025, 1, 1, 0, 0, 1, tzinfo=UTC)
     assert list(node_exporter_series(fleet, start, start + timedelta(seconds=30), STEP, SEED)) == []
+
+
+# ------------------------------------------------------------------ reboots and missed scrapes
+
+REBOOT = datetime(2025, 1, 8, 2, 40, tzinfo=UTC)  # on the grid, inside [START, END)
+
+
+def _host_series(series: list[RawSeries], host: Host) -> dict[tuple[str, tuple], RawSeries]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s
+        for s in series
+        if s.labels["instance"] == f"{host.name}:9100"
+    }
+
+
+def test_counters_restart_from_zero_at_a_reboot_and_other_hosts_are_untouched(
+    fleet: list[Host], series: list[RawSeries]
+) -> None:
+    from anomaly.simulate.faults import Fault, inject
+
+    host = fleet[3]
+    fault = Fault("host_reboot", host.name, REBOOT, REBOOT + timedelta(hours=1), params={"outage_minutes": 5})
+    modifiers = [inject([fault])]
+    rebooted = list(node_exporter_series(fleet, START, END, STEP, SEED, modifiers=modifiers))
+    canonical = simulate_arrays(fleet, START, END, STEP, SEED, modifiers=modifiers)
+    boot = int(REBOOT.timestamp()) + 300
+    assert canonical.resets == {host.name: [boot]}
+
+    clean, dirty = _host_series(series, host), _host_series(rebooted, host)
+    assert clean.keys() == dirty.keys()
+    outage = (int(REBOOT.timestamp()), boot)
+    for key, s in dirty.items():
+        name = key[0]
+        # the host is down: no sample of any series during the outage, every other one is there
+        assert not ((s.timestamps >= outage[0]) & (s.timestamps < outage[1])).any(), name
+        assert s.timestamps.size == clean[key].timestamps.size - 5, name
+        if s.metric_type != "counter" and name not in COUNTERS:
+            continue
+        before, after = s.timestamps < boot, s.timestamps >= boot
+        assert (np.diff(s.values[before]) >= 0).all() and (np.diff(s.values[after]) >= 0).all(), name
+        assert s.timestamps[after][0] == boot and s.values[after][0] == 0.0, name  # restarts from 0 at boot
+        assert s.values[after][-1] < s.values[before][-1], name  # a reset, not a slowdown
+        np.testing.assert_array_equal(s.values[before], clean[key].values[clean[key].timestamps < outage[0]])
+    # after the boot, rates come from the rebooted host's canonical values
+    row = fleet.index(host)
+    for name, metric in COUNTERS.items():
+        (s,) = [x for k, x in dirty.items() if k[0] == name]
+        after = s.timestamps >= boot
+        expected = canonical.values[metric][row, canonical.t > boot]
+        np.testing.assert_allclose(np.diff(s.values[after]) / STEP, expected, rtol=1e-6, atol=1e-9)
+    # every other host renders exactly as without the fault
+    for other in fleet:
+        if other != host:
+            a, b = _host_series(series, other), _host_series(rebooted, other)
+            assert a.keys() == b.keys()
+            for key in a:
+                np.testing.assert_array_equal(a[key].values, b[key].values)
+
+
+def test_a_reboot_before_the_render_sets_the_counters_start(fleet: list[Host]) -> None:
+    host = fleet[0]
+    t0 = int(simulate_arrays([], START, END, STEP, SEED).t[0])
+
+    def rebooted_ten_minutes_before(block: SimBlock) -> None:
+        block.resets[host.name] = [t0 - 600]
+
+    out = node_exporter_series([host], START, END, STEP, SEED, modifiers=[rebooted_ten_minutes_before])
+    canonical = simulate_arrays([host], START, END, STEP, SEED).values
+    for s in out:
+        if s.name in COUNTERS:
+            rate = canonical[COUNTERS[s.name]][0, 0]
+            assert s.values[0] == pytest.approx(rate * 600, rel=1e-12), s.name
+            assert (np.diff(s.values) >= 0).all()
+
+
+def test_a_missed_scrape_drops_samples_but_the_counter_keeps_counting(fleet: list[Host]) -> None:
+    host = fleet[1]
+    gap = (START + timedelta(hours=1), START + timedelta(hours=1, minutes=10))
+
+    def missed(block: SimBlock) -> None:
+        inside = (block.t >= gap[0].timestamp()) & (block.t < gap[1].timestamp())
+        for x in block.values.values():
+            x[0, inside] = np.nan
+
+    out = list(node_exporter_series([host], START, END, STEP, SEED, modifiers=[missed]))
+    assert out and all(s.timestamps.size == 170 for s in out)  # 10 of 180 scrapes missing, in every series
+    canonical = simulate_arrays([host], START, END, STEP, SEED).values
+    for s in out:
+        if s.name in COUNTERS:
+            assert (np.diff(s.values) >= 0).all()
+            jump = np.flatnonzero(np.diff(s.timestamps) > STEP)
+            assert jump.size == 1
+            k = jump[0]
+            held = canonical[COUNTERS[s.name]][0, k]  # the last rate seen before the gap, held through it
+            assert s.values[k + 1] - s.values[k] == pytest.approx(
+                10 * STEP * held + STEP * canonical[COUNTERS[s.name]][0, k + 11], rel=1e-9
+            )

@@ -155,21 +155,21 @@ def test_non_numeric_text_passes_through_as_text(tmp_path: Path) -> None:
     assert got["value"].dtype == object
     values = got["value"].tolist()
     assert values[0] == "n/a" and values[1] == "12,5" and values[3] == "NULL" and values[6] == "1_000"
-    assert np.isnan(values[2])  # an empty cell is a missing value
+    assert values[2] is None  # an empty cell is a missing value (null_value), not NaN
     assert values[4] == 1000.0 and values[5] == float("inf")
 
 
 def test_non_numeric_text_in_parquet_wide(tmp_path: Path) -> None:
-    wide = pd.DataFrame(
+    table = pa.table(
         {
-            "ts": pd.to_datetime(["2025-01-01T00:00:00Z", "2025-01-01T00:01:00Z"]),
+            "ts": pa.array([datetime(2025, 1, 1), datetime(2025, 1, 1, 0, 1)], pa.timestamp("us", tz="UTC")),
             "host": ["a", "a"],
             "cpu_util": ["0.5", "broken"],  # text column, one number and one not
-            "load1": [1.0, np.nan],
+            "load1": pa.array([1.0, float("nan")]),  # a real NaN, not a null: it is a value
         }
     )
     path = tmp_path / "w.parquet"
-    wide.to_parquet(path, index=False)
+    pq.write_table(table, path)
     got = FilesSource(str(path)).fetch(START, END)
     assert got["metric"].tolist() == ["cpu_util", "load1", "cpu_util", "load1"]
     assert got["value"].tolist()[:3] == [0.5, 1.0, "broken"]
@@ -328,3 +328,194 @@ def test_parquet_text_timestamps_are_parsed_like_csv(tmp_path: Path) -> None:
     got = FilesSource(str(tmp_path / "t.parquet")).fetch(START, END)
     assert got["ts"].tolist() == [pd.Timestamp("2025-01-01T00:00:00Z")] * 2
     assert got["value"].tolist() == [1.0, "x"]
+
+
+# ---------------------------------------------------------------------- decimal and bool columns
+def _typed_table(value: pa.Array, layout: str) -> pa.Table:
+    ts = pa.array([datetime(2025, 1, 1), datetime(2025, 1, 1, 0, 1)], pa.timestamp("us", tz="UTC"))
+    if layout == "long":
+        return pa.table({"ts": ts, "host": ["a", "a"], "metric": ["m", "m"], "value": value})
+    return pa.table({"ts": ts, "host": ["a", "a"], "m": value, "load1": pa.array([0.5, 1.5])})
+
+
+@pytest.mark.parametrize("layout", ["long", "wide"])
+def test_parquet_decimal_values_become_float64(tmp_path: Path, layout: str) -> None:
+    from decimal import Decimal
+
+    value = pa.array([Decimal("1.25"), Decimal("-3.50")], pa.decimal128(10, 2))
+    pq.write_table(_typed_table(value, layout), tmp_path / "d.parquet")
+    got = FilesSource(str(tmp_path / "d.parquet")).fetch(START, END)
+    assert got["value"].dtype == np.float64
+    assert got.loc[got["metric"] == "m", "value"].tolist() == [1.25, -3.5]
+
+
+def test_parquet_decimal_null_in_long_layout_is_missing(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    value = pa.array([Decimal("1.25"), None], pa.decimal128(10, 2))
+    pq.write_table(_typed_table(value, "long"), tmp_path / "d.parquet")
+    assert FilesSource(str(tmp_path / "d.parquet")).fetch(START, END)["value"].tolist() == [1.25, None]
+
+
+def test_parquet_bool_values_pass_through_as_bool(tmp_path: Path) -> None:
+    pq.write_table(_typed_table(pa.array([True, False]), "long"), tmp_path / "long.parquet")
+    got = FilesSource(str(tmp_path / "long.parquet")).fetch(START, END)
+    assert got["value"].dtype == bool and got["value"].tolist() == [True, False]
+
+    # A null in a long bool column: pandas' nullable boolean, still a bool dtype.
+    pq.write_table(_typed_table(pa.array([True, None]), "long"), tmp_path / "null.parquet")
+    got = FilesSource(str(tmp_path / "null.parquet")).fetch(START, END)
+    assert pd.api.types.is_bool_dtype(got["value"].dtype)
+    assert got["value"].iloc[0] is np.True_ and got["value"].iloc[1] is pd.NA
+
+    # Wide, only bool metric columns: bool dtype; mixed with numbers: the bools stay bools (object).
+    table = _typed_table(pa.array([True, False]), "wide").drop_columns(["load1"])
+    pq.write_table(table, tmp_path / "wide_bool.parquet")
+    got = FilesSource(str(tmp_path / "wide_bool.parquet")).fetch(START, END)
+    assert got["value"].dtype == bool and got["value"].tolist() == [True, False]
+    pq.write_table(_typed_table(pa.array([True, None]), "wide"), tmp_path / "wide.parquet")
+    got = FilesSource(str(tmp_path / "wide.parquet")).fetch(START, END)
+    assert got["metric"].tolist() == ["m", "load1", "load1"]  # the null bool cell is absent
+    assert got["value"].tolist() == [True, 0.5, 1.5] and got["value"].iloc[0] is True
+
+
+# ---------------------------------------------------------------------- missing timestamps
+def test_csv_empty_timestamp_is_read_as_none(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(
+        "ts,host,metric,value\n"
+        "2025-01-01T00:00:00Z,a,m,1\n"
+        ",a,m,2\n"  # no timestamp: belongs to no interval, read with every one
+        "2025-01-01T05:00:00Z,a,m,3\n"  # outside: dropped
+    )
+    got = FilesSource(str(path)).fetch(START, END)
+    assert got["ts"].dtype == object
+    assert got["ts"].tolist() == [pd.Timestamp("2025-01-01T00:00:00Z"), None]
+    assert got["value"].tolist() == [1.0, 2.0]
+    # Naive timestamps with a missing one: still naive Timestamps, the missing one None.
+    path.write_text("ts,host,metric,value\n2025-01-01T00:00:00,a,m,1\n  ,a,m,2\n")
+    assert FilesSource(str(path)).fetch(START, END)["ts"].tolist() == [pd.Timestamp("2025-01-01"), None]
+
+
+def test_parquet_null_timestamp_is_read_as_none(tmp_path: Path) -> None:
+    ts = [datetime(2025, 1, 1), None, datetime(2025, 1, 2)]  # in, missing, out
+    for name, ts_type in (("aware", pa.timestamp("us", tz="UTC")), ("naive", pa.timestamp("us"))):
+        table = pa.table(
+            {"ts": pa.array(ts, ts_type), "host": ["a"] * 3, "metric": ["m"] * 3, "value": [1.0, 2.0, 3.0]}
+        )
+        pq.write_table(table, tmp_path / f"{name}.parquet", row_group_size=1)  # pushdown per group
+        got = FilesSource(str(tmp_path / f"{name}.parquet")).fetch(START, END)
+        assert got["ts"].tolist()[1] is None and got["value"].tolist() == [1.0, 2.0], name
+    text = pa.table(
+        {"ts": ["2025-01-01T00:00:00Z", None], "host": ["a", "a"], "metric": ["m", "m"], "value": [1, 2]}
+    )
+    pq.write_table(text, tmp_path / "text.parquet")
+    got = FilesSource(str(tmp_path / "text.parquet")).fetch(START, END)
+    assert got["ts"].tolist() == [pd.Timestamp("2025-01-01T00:00:00Z"), None]
+
+
+def test_null_timestamp_row_is_quarantined_as_bad_timestamp(tmp_path: Path, lake) -> None:
+    """End to end: a row without a timestamp reaches the quarantine with its reason, never vanishes."""
+    from anomaly.ingest import ingest_interval
+
+    start = T0
+    end = T0 + timedelta(hours=4)
+    good = pd.date_range(start, end, freq="min", inclusive="left", tz="UTC", unit="us")  # 240 rows
+    rows = [(t.isoformat(), "web-1", "cpu_util", "0.5") for t in good]
+    rows.insert(10, ("", "web-1", "cpu_util", "0.75"))
+    for fmt in ("csv", "parquet"):
+        frame = pd.DataFrame(rows, columns=list(CANONICAL_COLUMNS))
+        path = tmp_path / fmt / f"m.{fmt}"
+        path.parent.mkdir()
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        else:
+            frame["ts"] = pd.to_datetime(frame["ts"].replace("", None), utc=True).astype(
+                "datetime64[us, UTC]"
+            )
+            frame["value"] = frame["value"].astype(float)
+            frame.to_parquet(path, index=False)
+        report = ingest_interval("files", start, end, f"run-{fmt}", source=FilesSource(str(path)), lake=lake)
+        assert report.rows_fetched == 241 and report.rows_loaded == 240, fmt
+        assert report.rejects == {"bad_timestamp": 1}, fmt
+        q = lake.query(
+            "SELECT ts, host, metric, value_raw, reason FROM quarantine WHERE run_id = ?", [f"run-{fmt}"]
+        )
+        assert q["reason"].tolist() == ["bad_timestamp"] and q["value_raw"].tolist() == ["0.75"], fmt
+        assert q["ts"].isna().all() and q["host"].tolist() == ["web-1"], fmt
+
+
+# ---------------------------------------------------------------------- null values
+def test_wide_null_cells_are_absent_samples(tmp_path: Path) -> None:
+    (tmp_path / "w.csv").write_text(
+        "ts,host,cpu_util,load1\n2025-01-01T00:00:00Z,a,0.5,\n2025-01-01T00:01:00Z,a, ,nan\n"
+    )
+    got = FilesSource(str(tmp_path / "w.csv")).fetch(START, END)
+    assert got["metric"].tolist() == ["cpu_util", "load1"]  # the empty and blank cells give no row
+    assert got["value"].dtype == np.float64 and got["value"].iloc[0] == 0.5 and np.isnan(got["value"].iloc[1])
+
+    table = pa.table(
+        {
+            "ts": pa.array([datetime(2025, 1, 1), datetime(2025, 1, 1, 0, 1)], pa.timestamp("us", tz="UTC")),
+            "host": ["a", "a"],
+            "cpu_util": pa.array([None, float("nan")], pa.float64()),  # null: absent; NaN: a value
+            "load1": pa.array([1, None], pa.int64()),
+            "note": pa.array([None, "x"]),  # text metric column with a null
+        }
+    )
+    pq.write_table(table, tmp_path / "w.parquet")
+    got = FilesSource(str(tmp_path / "w.parquet")).fetch(START, END)
+    assert got["metric"].tolist() == ["load1", "cpu_util", "note"]
+    assert (
+        got["ts"].tolist()
+        == [pd.Timestamp("2025-01-01T00:00:00Z")] + [pd.Timestamp("2025-01-01T00:01:00Z")] * 2
+    )
+    values = got["value"].tolist()
+    assert values[0] == 1.0 and np.isnan(values[1]) and values[2] == "x"
+
+
+def test_long_null_values_stay_missing(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text(
+        "ts,host,metric,value\n"
+        "2025-01-01T00:00:00Z,a,m,1.5\n"
+        "2025-01-01T00:00:00Z,b,m,\n"
+        "2025-01-01T00:00:00Z,c,m,nan\n"
+        '2025-01-01T00:00:00Z,d,m," "\n'
+    )
+    got = FilesSource(str(tmp_path / "m.csv")).fetch(START, END)
+    values = got["value"].tolist()
+    assert values[0] == 1.5 and values[1] is None and np.isnan(values[2]) and values[3] is None
+
+    table = pa.table(
+        {
+            "ts": pa.array([datetime(2025, 1, 1)] * 3, pa.timestamp("us", tz="UTC")),
+            "host": ["a", "b", "c"],
+            "metric": ["m"] * 3,
+            "value": pa.array([1.5, None, float("nan")]),
+        }
+    )
+    pq.write_table(table, tmp_path / "m.parquet")
+    values = FilesSource(str(tmp_path / "m.parquet")).fetch(START, END)["value"].tolist()
+    assert values[0] == 1.5 and values[1] is None and np.isnan(values[2])
+
+
+def test_missing_values_reach_the_ingest_with_their_reasons(tmp_path: Path, lake) -> None:
+    from anomaly.checks import check_batch
+
+    (tmp_path / "m.csv").write_text(
+        "ts,host,metric,value\n"
+        "2025-01-01T00:00:00Z,a,cpu_util,\n"
+        "2025-01-01T00:00:00Z,b,cpu_util,nan\n"
+        "2025-01-01T00:00:00Z,c,cpu_util,n/a\n"
+        "2025-01-01T00:00:00Z,d,cpu_util,0.5\n"
+    )
+    batch = FilesSource(str(tmp_path / "m.csv")).fetch(START, END)
+    result = check_batch(batch, START, END, {"cpu_util"})
+    assert result.rejected.set_index("host")["reason"].to_dict() == {
+        "a": "null_value",
+        "b": "nan_value",
+        "c": "non_numeric",
+    }
+    pq.write_table(_typed_table(pa.array([True, False]), "long"), tmp_path / "b.parquet")
+    batch = FilesSource(str(tmp_path / "b.parquet")).fetch(START, END)
+    assert check_batch(batch, START, END, {"m"}).counts == {"non_numeric": 2}

@@ -262,3 +262,71 @@ def test_from_settings() -> None:
     )
     assert (src.conn_id, src.table, src.ts_column, src.layout) == ("c", "s.t", "time", "auto")
     assert src.name == "postgres"
+
+
+# ---------------------------------------------------------------------- nulls, NaN and bool
+@pytest.fixture(scope="module")
+def null_tables(database: str) -> str:
+    """Tables with NULL timestamps, NULL values, NaN and a boolean column."""
+    conn = psycopg2.connect(dbname=database, **PG)
+    conn.autocommit = True
+    t1, t2 = T0 + timedelta(minutes=1), T0 + timedelta(hours=1)  # in, out
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE nulls_long (ts timestamptz, host text, metric text, value numeric)")
+        cur.executemany(
+            "INSERT INTO nulls_long VALUES (%s, %s, 'm', %s)",
+            [(T0, "a", 1.5), (T0, "b", None), (T0, "c", Decimal("NaN")), (None, "d", 2.5), (t2, "e", 3.5)],
+        )
+        cur.execute("CREATE TABLE nulls_naive (ts timestamp, host text, metric text, value float8)")
+        cur.executemany(
+            "INSERT INTO nulls_naive VALUES (%s, 'a', 'm', %s)",
+            [(T0.replace(tzinfo=None), 1.0), (None, 2.0), (t2.replace(tzinfo=None), 3.0)],
+        )
+        cur.execute("CREATE TABLE nulls_wide (ts timestamptz, host text, cpu_util float8, load1 numeric)")
+        cur.executemany(
+            "INSERT INTO nulls_wide VALUES (%s, 'a', %s, %s)",
+            [(T0, 0.5, None), (t1, None, float("nan")), (None, None, Decimal("2.5")), (t2, 9.0, 9.0)],
+        )
+        cur.execute("CREATE TABLE bools (ts timestamptz, host text, up boolean, load1 float8)")
+        cur.executemany("INSERT INTO bools VALUES (%s, 'a', %s, 1.0)", [(T0, True), (t1, None)])
+    conn.close()
+    return database
+
+
+def test_null_timestamp_rows_are_read_as_none(conn_id: str, null_tables: str, driver: str) -> None:
+    got = PostgresSource(conn_id, "nulls_long").fetch(T0, T0 + timedelta(minutes=3))
+    assert got["host"].tolist() == ["a", "b", "c", "d"]  # NULL ts sorts last; the row at +1h is out
+    assert got["ts"].dtype == object and got["ts"].tolist() == [pd.Timestamp(T0)] * 3 + [None]
+    naive = PostgresSource(conn_id, "nulls_naive").fetch(T0, T0 + timedelta(minutes=3))
+    assert naive["ts"].tolist() == [pd.Timestamp("2025-01-01"), None] and naive["value"].tolist() == [
+        1.0,
+        2.0,
+    ]
+
+
+def test_long_null_value_stays_missing_and_nan_stays_nan(conn_id: str, null_tables: str, driver: str) -> None:
+    from anomaly.checks import check_batch
+
+    got = PostgresSource(conn_id, "nulls_long").fetch(T0, T0 + timedelta(minutes=3))
+    values = got["value"].tolist()
+    assert values[0] == 1.5 and values[1] is None and np.isnan(values[2]) and values[3] == 2.5
+    reasons = check_batch(got, T0, T0 + timedelta(minutes=3), {"m"}).rejected.set_index("host")["reason"]
+    assert reasons.to_dict() == {"b": "null_value", "c": "nan_value", "d": "bad_timestamp"}
+
+
+def test_wide_null_cells_are_absent_samples(conn_id: str, null_tables: str, driver: str) -> None:
+    got = PostgresSource(conn_id, "nulls_wide", chunk_rows=2).fetch(T0, T0 + timedelta(minutes=3))
+    assert got["metric"].tolist() == ["cpu_util", "load1", "load1"]
+    assert got["ts"].tolist() == [pd.Timestamp(T0), pd.Timestamp(T0 + timedelta(minutes=1)), None]
+    assert got["value"].dtype == np.float64
+    values = got["value"].tolist()
+    assert values[0] == 0.5 and np.isnan(values[1]) and values[2] == 2.5  # NaN is a value, NULL is not
+
+
+def test_boolean_column_passes_through_as_bool(conn_id: str, null_tables: str, driver: str) -> None:
+    src = PostgresSource(conn_id, "bools", metric_columns=["up"])
+    got = src.fetch(T0, T0 + timedelta(minutes=3))
+    assert got["value"].dtype == bool and got["value"].tolist() == [True]  # the NULL cell is absent
+    mixed = PostgresSource(conn_id, "bools").fetch(T0, T0 + timedelta(minutes=3))
+    assert mixed["metric"].tolist() == ["up", "load1", "load1"]
+    assert mixed["value"].tolist() == [True, 1.0, 1.0] and mixed["value"].iloc[0] is True
