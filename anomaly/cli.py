@@ -143,12 +143,6 @@ def info() -> None:
     click.echo(duckdb_cli_lines(settings))
 
 
-def _type_list(value: str | None) -> tuple[str, ...] | None:
-    if value is None or value.strip().lower() == "all":
-        return None
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
 @main.command()
 @click.option("--hosts", type=click.IntRange(1), default=50, show_default=True, help="Hosts in the fleet.")
 @click.option("--days", type=click.FloatRange(min=0, min_open=True), default=14, show_default=True)
@@ -200,7 +194,7 @@ def simulate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from anomaly.simulate.faults import REGISTRY
-    from anomaly.simulate.run import plot_scenario, run_scenario
+    from anomaly.simulate.run import parse_type_list, plot_scenario, run_scenario
     from anomaly.simulate.scenario import DEFAULT_START, Scenario, plan_faults
 
     console = Console()
@@ -217,8 +211,8 @@ def simulate(
             hosts=hosts,
             days=days,
             anomaly_share=anomaly_share,
-            types=_type_list(types),
-            exclude=_type_list(exclude) or (),
+            types=parse_type_list(types),
+            exclude=parse_type_list(exclude) or (),
             seed=seed,
             step_seconds=step_seconds,
             start=_parse_utc(start, "--start") if start else DEFAULT_START,
@@ -248,6 +242,45 @@ def simulate(
     if plot_path:
         out = plot_scenario(scenario, plan_faults(scenario), Path(plot_path))
         click.echo(f"plot: {out}")
+
+
+@main.command()
+@click.option("--from-source", required=True, help="Stored series to copy (e.g. prometheus, files).")
+@click.option("--to-source", required=True, help="Source name of the modified copy (e.g. prometheus+faults).")
+@click.option("--start", required=True, help="ISO-8601 with zone, inclusive.")
+@click.option("--end", required=True, help="ISO-8601 with zone, exclusive.")
+@click.option("--anomaly-share", type=click.FloatRange(0, 0.9), default=0.2, show_default=True)
+@click.option("--types", default="all", show_default=True, help="Comma-separated fault types, or 'all'.")
+@click.option("--exclude", default="", help="Comma-separated fault types to hold out.")
+@click.option("--seed", type=int, default=7, show_default=True)
+def inject(
+    from_source: str,
+    to_source: str,
+    start: str,
+    end: str,
+    anomaly_share: float,
+    types: str,
+    exclude: str,
+    seed: int,
+) -> None:
+    """Inject typed faults into a copy of stored series; the original source is never altered."""
+    from anomaly.ingest import IngestRejected
+    from anomaly.simulate.run import inject_into_source, parse_type_list
+
+    try:
+        report = inject_into_source(
+            from_source,
+            to_source,
+            _parse_utc(start, "--start"),
+            _parse_utc(end, "--end"),
+            anomaly_share=anomaly_share,
+            types=parse_type_list(types),
+            exclude=parse_type_list(exclude) or (),
+            seed=seed,
+        )
+    except (ValueError, IngestRejected) as exc:
+        raise _CliError(str(exc)) from exc
+    click.echo(json.dumps(report, indent=2))
 
 
 @main.command()

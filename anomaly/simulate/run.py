@@ -228,8 +228,11 @@ def inject_into_source(
     to_source: str,
     start: datetime,
     end: datetime,
-    faults: Sequence[Fault],
+    faults: Sequence[Fault] | None = None,
     *,
+    anomaly_share: float = 0.2,
+    types: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] = (),
     step_seconds: int | None = None,
     seed: int = 7,
     settings: Settings | None = None,
@@ -237,7 +240,8 @@ def inject_into_source(
 ) -> dict[str, Any]:
     """Copy ``from_source``'s rows in ``[start, end)`` with ``faults`` injected to ``to_source``.
 
-    The original rows are only read, never written: the modified series land under
+    Without ``faults``, faults are planned over the stored hosts like a scenario (share, types,
+    hold-out types, seed). The original rows are only read, never written: the modified series land under
     ``to_source`` through the normal ingest path (Parquet files + files source), and the
     faults become labels of dataset ``to_source``. Works on any stored series, e.g. the Server
     Machine Dataset's normal half, or data ingested from Prometheus.
@@ -289,6 +293,19 @@ def inject_into_source(
     for m, part in rows[on_grid].groupby("metric"):
         p = pos[on_grid][rows[on_grid]["metric"].to_numpy() == m]
         values[m][[host_idx[h] for h in part["host"]], p] = part["value"].to_numpy()
+    if faults is None:
+        sc = Scenario(
+            hosts=len(fleet),
+            days=(end - start).total_seconds() / 86400,
+            anomaly_share=anomaly_share,
+            types=types,
+            exclude=exclude,
+            seed=seed,
+            step_seconds=step_seconds,
+            start=start,
+            every_type=types is not None,
+        )
+        faults = plan_faults(sc, fleet=fleet)
     block = SimBlock(fleet, t, step_seconds, seed, values, original={m: v.copy() for m, v in values.items()})
     inject([f for f in faults if f.host in host_idx])(block)
 
@@ -347,3 +364,33 @@ def _known(meta: pd.DataFrame, host: str, column: str) -> str:
     allowed = ROLES if column == "role" else ENVIRONMENTS
     value = meta[column].get(host) if host in meta.index else None
     return value if isinstance(value, str) and value in allowed else "unknown"
+
+
+def parse_type_list(value: str | None) -> tuple[str, ...] | None:
+    """'a,b' -> ('a', 'b'); '' or 'all' -> None (every type)."""
+    if value is None or value.strip().lower() in ("", "all"):
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def run_params(params: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
+    """The ``simulate_scenario`` DAG's task: a scenario from DAG params, run, drawn."""
+    from anomaly.settings import get_settings
+
+    settings = settings or get_settings()
+    sc = Scenario(
+        hosts=int(params["hosts"]),
+        days=float(params["days"]),
+        anomaly_share=float(params["anomaly_share"]),
+        types=parse_type_list(params.get("types")),
+        exclude=parse_type_list(params.get("exclude")) or (),
+        seed=int(params["seed"]),
+        step_seconds=settings.step_seconds,
+        start=datetime.fromisoformat(params["start"]),
+        name=params["name"],
+    )
+    report = run_scenario(sc, settings=settings)
+    report["plot"] = str(
+        plot_scenario(sc, plan_faults(sc), settings.home / "reports" / "simulations" / f"{sc.name}.png")
+    )
+    return report

@@ -113,27 +113,28 @@ def _steps(sc: Scenario) -> np.ndarray:
     return time_grid(sc.start, sc.end, sc.step_seconds)
 
 
-def labelled_share(sc: Scenario, faults: Sequence[Fault]) -> float:
+def labelled_share(sc: Scenario, faults: Sequence[Fault], fleet: Sequence[Host] | None = None) -> float:
     """Share of (host, timestamp) points of the scenario inside at least one fault window."""
     t = _steps(sc)
-    rows = {h.name: i for i, h in enumerate(sc.fleet)}
+    rows = {h.name: i for i, h in enumerate(fleet or sc.fleet)}
     covered = np.zeros((len(rows), t.size), dtype=bool)
     for f in faults:
         covered[rows[f.host]] |= (t >= f.start.timestamp()) & (t < f.end.timestamp())
     return float(covered.mean()) if covered.size else 0.0
 
 
-def plan_faults(sc: Scenario) -> list[Fault]:
+def plan_faults(sc: Scenario, fleet: Sequence[Host] | None = None) -> list[Fault]:
     """Faults for ``sc``: every requested type at least once, until ``anomaly_share`` is reached.
 
     Windows on one host never overlap (a label means one cause). Deterministic for the seed.
+    ``fleet`` replaces the scenario's simulated fleet (to plan faults for stored hosts).
     """
     if sc.anomaly_share == 0:
         return []
     rng = np.random.default_rng([sc.seed, 0xFA17])
     t = _steps(sc)
     step = sc.step_seconds
-    hosts = list(sc.fleet)
+    hosts = list(fleet or sc.fleet)
     busy = np.zeros((len(hosts), t.size), dtype=bool)
     target = sc.anomaly_share * busy.size
     faults: list[Fault] = []

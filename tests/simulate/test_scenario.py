@@ -150,3 +150,52 @@ def test_injection_into_stored_series_leaves_the_original_untouched(lake) -> Non
     with pytest.raises(ValueError, match="never altered"):
         inject_into_source("files", "files", t0, t1, [fault])
     assert Counter(lake.query("SELECT dataset FROM labels")["dataset"]) == {"files+faults": 1}
+
+
+def test_inject_command_plans_faults_over_stored_hosts(lake) -> None:
+    from click.testing import CliRunner
+
+    from anomaly.cli import main
+
+    runner = CliRunner()
+    made = runner.invoke(
+        main, ["simulate", "--hosts", "4", "--days", "1", "--anomaly-share", "0", "--name", "base"]
+    )
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(
+        main,
+        [
+            "inject",
+            "--from-source",
+            "simulation:base",
+            "--to-source",
+            "base+faults",
+            "--start",
+            "2026-01-05T00:00Z",
+            "--end",
+            "2026-01-06T00:00Z",
+            "--anomaly-share",
+            "0.2",
+            "--types",
+            "cpu_saturation,traffic_drop",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    labels = lake.query("SELECT type, host FROM labels WHERE dataset = 'base+faults'")
+    assert set(labels["type"]) == {"cpu_saturation", "traffic_drop"}
+    assert set(labels["host"]) <= set(lake.query("SELECT DISTINCT host FROM raw_metrics")["host"])
+    bad = runner.invoke(
+        main,
+        [
+            "inject",
+            "--from-source",
+            "nope",
+            "--to-source",
+            "x",
+            "--start",
+            "2026-01-05T00:00Z",
+            "--end",
+            "2026-01-06T00:00Z",
+        ],
+    )
+    assert bad.exit_code == 1 and "has no rows" in bad.output
