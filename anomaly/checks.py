@@ -53,7 +53,9 @@ class CheckResult:
 
     @property
     def reject_share(self) -> float:
-        return len(self.rejected) / self.total if self.total else 0.0
+        """Share of the batch that is lost: identical copies of a loaded row do not count."""
+        lost = len(self.rejected) - self.counts.get("duplicate_copy", 0)
+        return lost / self.total if self.total else 0.0
 
     def summary(self, examples: int = 1) -> str:
         """'nan_value: 3 (e.g. host=a metric=cpu_util ts=... value=nan); ...'"""

@@ -113,11 +113,14 @@ def run_demo(n_hosts: int = 20, days: float = 2.0, source: str = "auto", schedul
         if server is not None:
             server.stop()
 
-    from anomaly.simulate.run import plot_scenario, write_labels
+    from anomaly.ingest import upsert_host_metadata
+    from anomaly.simulate.run import hosts_frame, plot_scenario, write_labels
     from anomaly.store import Lake
 
     source_name = "prometheus" if use_prometheus else "simulation"
-    write_labels(Lake(get_settings()), faults, dataset=source_name)
+    lake = Lake(get_settings())
+    write_labels(lake, faults, dataset=source_name)
+    upsert_host_metadata(lake, hosts_frame(scenario), source_name)  # Prometheus knows no roles
     plot = plot_scenario(scenario, faults, settings.home / "demo" / "faults.png")
     console.print(f"labels: {len(faults)} rows in table labels (dataset = {source_name!r}); picture: {plot}")
 

@@ -200,3 +200,10 @@ def test_empty_or_shrunken_answer_does_not_delete_loaded_rows(lake) -> None:
     # on purpose: allowed, and the interval really empties
     ingest_interval("files", START, END, "run-4", source=FrameSource(frame.iloc[:0]), allow_shrink=True)
     assert lake.query("SELECT count(*) AS n FROM raw_metrics")["n"][0] == 0
+
+
+def test_identical_copies_do_not_count_towards_the_reject_share(lake) -> None:
+    frame = grid_frame(START, END)
+    doubled = pd.concat([frame, frame.iloc[:10]], ignore_index=True)  # overlapping files, say
+    report = _ingest(doubled)
+    assert report.rows_loaded == len(frame) and report.rejects == {"duplicate_copy": 10}
