@@ -104,6 +104,18 @@ def _counter(host: Host, rate: np.ndarray, step: int, t: np.ndarray, boots: Sequ
     return np.where(np.isfinite(rate), c, np.nan)  # a missing sample stays missing
 
 
+def _boot_time(host: Host, t: np.ndarray, boots: Sequence[int], companion: np.ndarray) -> np.ndarray:
+    """node_boot_time_seconds: the epoch of the last boot at or before each sample (uptime = t - it)."""
+    initial = float(t[0] - host.uptime_s) if t.size else 0.0
+    b = np.asarray(sorted(boots), dtype=np.int64)
+    if b.size == 0:
+        value = np.full(t.shape, initial)
+    else:
+        seg = np.searchsorted(b, t, side="right")
+        value = np.where(seg > 0, b[np.maximum(seg - 1, 0)].astype(float), initial)
+    return np.where(np.isfinite(companion), value, np.nan)  # not scraped while the host is down
+
+
 def _scraped(companion: np.ndarray, constant: float) -> np.ndarray:
     """A constant gauge (a total) sampled when its collector was: missing where ``companion`` is."""
     return np.where(np.isfinite(companion), float(constant), np.nan)
@@ -208,6 +220,10 @@ def node_exporter_series(
     yield from counters("node_netstat_Tcp_RetransSegs", "tcp_retransmits", {}, kind="gauge")
     yield from gauges("node_netstat_Tcp_CurrEstab", lambda i, h: (v["tcp_established"][i], {}))
     yield from gauges("node_procs_running", lambda i, h: (v["procs_running"][i], {}))
+    yield from gauges(
+        "node_boot_time_seconds",
+        lambda i, h: (_boot_time(h, t, block.resets.get(h.name, ()), v["procs_running"][i]), {}),
+    )
 
 
 __all__ = ["RawSeries", "node_exporter_series"]

@@ -16,8 +16,10 @@ Example::
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +69,21 @@ def render_files(
     return paths
 
 
+_DATASET_NAME = re.compile(r"[A-Za-z0-9_.+:-]{1,80}")
+
+
+def _clear_outside(lake: Lake, source: str, start: datetime, end: datetime) -> None:
+    """Delete a derived dataset's rows outside its new range (they would carry unlabelled faults)."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(
+            f"DELETE FROM {registry.RAW_METRICS} WHERE source = ? AND (ts < ? OR ts >= ?)",
+            [source, start, end],
+        )
+
+    lake.write(work, what=f"clear {source} outside its range")
+
+
 def write_labels(lake: Lake, faults: Sequence[Fault], dataset: str, source: str = "simulation") -> int:
     """Replace the labels of ``dataset`` with one row per fault (one transaction, idempotent)."""
     frame = labels_frame(faults, source=source)
@@ -112,6 +129,7 @@ def run_scenario(
     out_dir = settings.home / "simulations" / sc.name
     render_files(sc, faults, out_dir, progress)
     files = FilesSource(str(out_dir / "*.parquet"), layout="long")
+    _clear_outside(lake, sc.source_name, sc.start, sc.end)  # a re-run with fewer days leaves no orphans
     days = _days(sc.start, sc.end)
     rows = quarantined = 0
     for k, (a, b) in enumerate(days):
@@ -251,12 +269,18 @@ def inject_into_source(
 
     from anomaly.ingest import ingest_interval
     from anomaly.settings import get_settings
-    from anomaly.simulate.fleet import Host, SimBlock, time_grid
+    from anomaly.simulate.fleet import Host, SimBlock
+    from anomaly.sources import SOURCE_NAMES
     from anomaly.sources.files import FilesSource
     from anomaly.store import Lake
 
     if from_source == to_source:
         raise ValueError("to_source must differ from from_source: the original is never altered")
+    if to_source in SOURCE_NAMES or not _DATASET_NAME.fullmatch(to_source):
+        raise ValueError(
+            f"to_source {to_source!r} must be a new dataset name (letters, digits, _ - + : ., not one of the "
+            f"live sources {', '.join(SOURCE_NAMES)})"
+        )
     settings = settings or get_settings()
     lake = lake or Lake(settings)
     rows = lake.query(
@@ -270,7 +294,11 @@ def inject_into_source(
     if step_seconds is None:
         diffs = np.diff(np.unique(epoch.to_numpy()))
         step_seconds = int(np.median(diffs)) if diffs.size else 60
-    t = time_grid(start, end, step_seconds)
+    # the grid's phase comes from the data: a source sampling at :30 past each minute is on ITS grid
+    e = epoch.to_numpy()
+    phase = int(np.bincount((e % step_seconds).astype(np.int64)).argmax())
+    first = -(-(int(start.timestamp()) - phase) // step_seconds) * step_seconds + phase
+    t = np.arange(first, int(end.timestamp()), step_seconds, dtype=np.int64)
     hosts = sorted(rows["host"].unique())
     metrics = sorted(rows["metric"].unique())
     meta = lake.query(f"SELECT host, role, environment FROM {registry.HOSTS}").set_index("host")
@@ -287,29 +315,66 @@ def inject_into_source(
         for h in hosts
     )
     values = {m: np.full((len(hosts), t.size), np.nan) for m in metrics}
-    pos = ((epoch.to_numpy() - t[0]) // step_seconds).astype(np.int64) if t.size else epoch.to_numpy()
-    on_grid = (epoch.to_numpy() - t[0]) % step_seconds == 0
+    pos = ((e - t[0]) // step_seconds).astype(np.int64)
+    on_grid = (e - t[0]) % step_seconds == 0
+    off_grid = int((~on_grid).sum())
+    if off_grid > 0.01 * len(rows):
+        raise ValueError(
+            f"{off_grid} of {len(rows)} rows of {from_source!r} are off its {step_seconds}s sampling grid "
+            "(irregular scrapes?); pass step_seconds, or resample the source first. Nothing was written."
+        )
     host_idx = {h: i for i, h in enumerate(hosts)}
     for m, part in rows[on_grid].groupby("metric"):
         p = pos[on_grid][rows[on_grid]["metric"].to_numpy() == m]
         values[m][[host_idx[h] for h in part["host"]], p] = part["value"].to_numpy()
+    present = set(metrics)
+    has_data = np.zeros((len(hosts), t.size), dtype=bool)
+    for m in metrics:
+        has_data |= ~np.isnan(values[m])
     if faults is None:
+        # only fault types that touch a metric this source reports, only where a host has data
+        usable = tuple(
+            k for k in (types or tuple(REGISTRY)) if k not in exclude and present & set(REGISTRY[k].metrics)
+        )
+        if not usable:
+            raise ValueError(
+                f"no requested fault type affects the metrics of {from_source!r}: {sorted(present)}"
+            )
         sc = Scenario(
             hosts=len(fleet),
             days=(end - start).total_seconds() / 86400,
             anomaly_share=anomaly_share,
-            types=types,
-            exclude=exclude,
+            types=usable,
             seed=seed,
             step_seconds=step_seconds,
-            start=start,
+            start=datetime.fromtimestamp(int(t[0]), UTC) if t.size else start,
             every_type=types is not None,
         )
-        faults = plan_faults(sc, fleet=fleet)
+        faults = plan_faults(sc, fleet=fleet, blocked=~has_data)
+    unknown_hosts = sorted({f.host for f in faults} - set(host_idx))
+    if unknown_hosts:
+        raise ValueError(f"faults name hosts {unknown_hosts} that {from_source!r} has no rows for")
     block = SimBlock(fleet, t, step_seconds, seed, values, original={m: v.copy() for m, v in values.items()})
-    inject([f for f in faults if f.host in host_idx])(block)
+    inject(faults)(block)
+    # a label must describe a real change: keep faults that modified something, and name only the
+    # affected metrics this source reports
+    kept = []
+    for f in faults:
+        inside = (t >= f.start.timestamp()) & (t < f.end.timestamp())
+        row = host_idx[f.host]
+        changed = [
+            m
+            for m in f.affected_metrics
+            if m in present
+            and not np.array_equal(
+                block.values[m][row][inside], block.original[m][row][inside], equal_nan=True
+            )
+        ]
+        if changed:
+            kept.append(replace(f, metrics=tuple(m for m in f.affected_metrics if m in present)))
+    dropped = len(faults) - len(kept)
 
-    out_dir = settings.home / "injections" / to_source.replace(":", "_").replace("/", "_")
+    out_dir = settings.home / "injections" / re.sub(r"[^A-Za-z0-9_.+-]", "_", to_source)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.parquet"):
         old.unlink()
@@ -331,6 +396,7 @@ def inject_into_source(
     frame = pd.concat(parts, ignore_index=True)
     frame.to_parquet(out_dir / "series.parquet", index=False)
     files = FilesSource(str(out_dir / "*.parquet"), layout="long")
+    _clear_outside(lake, to_source, start, end)
     loaded = 0
     for a, b in _days(start, end):
         loaded += ingest_interval(
@@ -342,8 +408,7 @@ def inject_into_source(
             source=files,
             lake=lake,
         ).rows_loaded
-    n_labels = write_labels(lake, [f for f in faults if f.host in host_idx], to_source)
-    off_grid = int((~on_grid).sum())
+    n_labels = write_labels(lake, kept, to_source) if loaded else write_labels(lake, [], to_source)
     if off_grid:
         log.warning(
             "%d rows of %s are off the %ds grid and were not copied", off_grid, from_source, step_seconds
@@ -355,6 +420,7 @@ def inject_into_source(
         "rows_loaded": loaded,
         "rows_off_grid": off_grid,
         "labels": n_labels,
+        "faults_without_effect": dropped,
     }
 
 

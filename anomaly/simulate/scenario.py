@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -77,6 +78,12 @@ class Scenario:
             raise ValueError(f"anomaly_share must be in [0, 0.9), got {self.anomaly_share}")
         if self.start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
+        if not re.fullmatch(r"[a-z0-9_-]{1,40}", self.name):
+            raise ValueError(
+                f"name {self.name!r}: use 1-40 of a-z, 0-9, _ and - (it names files and a source)"
+            )
+        if self.types is not None and not self.types:
+            raise ValueError("types is empty: name at least one fault type, or None for all")
         unknown = (
             sorted(set(self.types or ()) | set(self.exclude))
             if self.types is not None
@@ -123,11 +130,14 @@ def labelled_share(sc: Scenario, faults: Sequence[Fault], fleet: Sequence[Host] 
     return float(covered.mean()) if covered.size else 0.0
 
 
-def plan_faults(sc: Scenario, fleet: Sequence[Host] | None = None) -> list[Fault]:
+def plan_faults(
+    sc: Scenario, fleet: Sequence[Host] | None = None, blocked: np.ndarray | None = None
+) -> list[Fault]:
     """Faults for ``sc``: every requested type at least once, until ``anomaly_share`` is reached.
 
     Windows on one host never overlap (a label means one cause). Deterministic for the seed.
-    ``fleet`` replaces the scenario's simulated fleet (to plan faults for stored hosts).
+    ``fleet`` replaces the scenario's simulated fleet (to plan faults for stored hosts);
+    ``blocked`` (hosts x steps) marks points where no fault may go (e.g. no data there).
     """
     if sc.anomaly_share == 0:
         return []
@@ -137,6 +147,7 @@ def plan_faults(sc: Scenario, fleet: Sequence[Host] | None = None) -> list[Fault
     hosts = list(fleet or sc.fleet)
     busy = np.zeros((len(hosts), t.size), dtype=bool)
     target = sc.anomaly_share * busy.size
+    taken = busy.copy() if blocked is None else blocked[:, : t.size].copy()  # where windows may not go
     faults: list[Fault] = []
     types = list(sc.fault_types)
     order: list[str] = []
@@ -152,7 +163,7 @@ def plan_faults(sc: Scenario, fleet: Sequence[Host] | None = None) -> list[Fault
         n = max(1, minutes * 60 // step)
         if n >= t.size:
             n = max(1, t.size // 2)
-        planned = _place(sc, rng, kind, n, hosts, busy, t)
+        planned = _place(sc, rng, kind, n, hosts, busy | taken, t)
         if planned is None:
             order.append(kind)  # try this type again later: the calendar may be crowded now
             continue
@@ -160,6 +171,12 @@ def plan_faults(sc: Scenario, fleet: Sequence[Host] | None = None) -> list[Fault
             busy[row, i0:i1] = True
             faults.append(f)
         placed.add(kind)
+    if busy.sum() < target:
+        raise ValueError(
+            f"could reach only an anomaly share of {busy.mean():.3f} of the requested {sc.anomaly_share} in "
+            f"{sc.days:g} days x {len(hosts)} hosts (windows on one host never overlap); lower the share or "
+            "add hosts or days"
+        )
     missing = set(types) - placed
     if missing and sc.every_type:
         raise ValueError(
@@ -223,12 +240,14 @@ def _start_index(
     if kind != "seasonal_break":
         return int(rng.integers(0, t.size - n)) if t.size > n else None
     # the daily peak must fall inside the window for its absence to mean anything: centre the
-    # window on the host's local 14:00 of a random day
-    days = list(range(int(np.ceil(sc.days))))
+    # window on the host's local peak hour (users: afternoon; batch jobs: the night) of a random day
+    peak_hour = 3 if host.role == "batch" else 14
+    offset = host.utc_offset_hours * 3600
+    local_midnight = (int(t[0]) + offset) // 86400 * 86400 - offset  # at or before the first step
+    days = list(range(int(np.ceil(sc.days)) + 1))
     rng.shuffle(days)
     for d in days:
-        local_peak = sc.start + timedelta(days=d, hours=14 - host.utc_offset_hours)
-        i_peak = int((local_peak.timestamp() - t[0]) // sc.step_seconds)
+        i_peak = int((local_midnight + d * 86400 + peak_hour * 3600 - t[0]) // sc.step_seconds)
         i0 = i_peak - n // 2
         if i0 >= 0 and i0 + n <= t.size:
             return i0

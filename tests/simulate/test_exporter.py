@@ -243,6 +243,11 @@ def test_counters_restart_from_zero_at_a_reboot_and_other_hosts_are_untouched(
         assert s.timestamps[after][0] == boot and s.values[after][0] == 0.0, name  # restarts from 0 at boot
         assert s.values[after][-1] < s.values[before][-1], name  # a reset, not a slowdown
         np.testing.assert_array_equal(s.values[before], clean[key].values[clean[key].timestamps < outage[0]])
+    # uptime: node_boot_time_seconds jumps to the boot, so time - boot_time restarts from 0
+    (boot_time,) = [s for key, s in dirty.items() if key[0] == "node_boot_time_seconds"]
+    after_boot = boot_time.timestamps >= boot
+    assert (boot_time.values[after_boot] == boot).all()
+    assert (boot_time.values[~after_boot] < int(START.timestamp())).all()
     # after the boot, rates come from the rebooted host's canonical values
     row = fleet.index(host)
     for name, metric in COUNTERS.items():

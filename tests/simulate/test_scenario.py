@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from anomaly.simulate.faults import REGISTRY, Fault
@@ -64,16 +65,32 @@ def test_unknown_types_and_impossible_plans_fail_clearly() -> None:
         Scenario(types=("cpu_saturation",), exclude=("cpu_saturation",))
 
 
-def test_seasonal_break_windows_cover_the_local_peak() -> None:
-    sc = Scenario(hosts=10, days=4, anomaly_share=0.05, types=("seasonal_break",), seed=2)
-    offsets = {h.name: h.utc_offset_hours for h in sc.fleet}
+@pytest.mark.parametrize("start", ["2026-01-05T00:00:00+00:00", "2026-01-05T10:17:00+00:00"])
+def test_seasonal_break_windows_cover_the_local_peak(start: str) -> None:
+    sc = Scenario(
+        hosts=10,
+        days=4,
+        anomaly_share=0.05,
+        types=("seasonal_break",),
+        seed=2,
+        start=datetime.fromisoformat(start),
+    )
+    hosts = {h.name: h for h in sc.fleet}
     for f in plan_faults(sc):
-        peak = f.start.replace(minute=0) + timedelta(hours=0)
-        local_hours = [
-            ((f.start + timedelta(minutes=m)).hour + offsets[f.host]) % 24
-            for m in range(0, int((f.end - f.start).total_seconds() // 60), 30)
-        ]
-        assert 14 in local_hours, (f, peak)
+        host = hosts[f.host]
+        peak = 3 if host.role == "batch" else 14
+        local_hours = {
+            ((f.start + timedelta(minutes=m)).hour + host.utc_offset_hours) % 24
+            for m in range(0, int((f.end - f.start).total_seconds() // 60), 10)
+        }
+        assert peak in local_hours, (f, host.role)
+
+
+def test_bad_names_and_unreachable_shares_fail_clearly() -> None:
+    with pytest.raises(ValueError, match=r"name '\.\./x'"):
+        Scenario(name="../x")
+    with pytest.raises(ValueError, match="could reach only an anomaly share"):
+        plan_faults(Scenario(hosts=5, days=2, anomaly_share=0.85, seed=1))
 
 
 def test_run_scenario_lands_through_ingest_with_labels_and_is_idempotent(lake, tmp_path: Path) -> None:
@@ -199,3 +216,38 @@ def test_inject_command_plans_faults_over_stored_hosts(lake) -> None:
         ],
     )
     assert bad.exit_code == 1 and "has no rows" in bad.output
+
+
+def test_rerun_with_fewer_days_leaves_no_unlabelled_rows(lake) -> None:
+    from anomaly.simulate.run import run_scenario
+
+    types = ("cpu_saturation", "traffic_drop")
+    run_scenario(Scenario(hosts=3, days=2, anomaly_share=0.2, types=types, seed=5, name="shrink"), lake=lake)
+    run_scenario(Scenario(hosts=3, days=1, anomaly_share=0.2, types=types, seed=5, name="shrink"), lake=lake)
+    last = lake.query("SELECT max(ts) AS t FROM raw_metrics WHERE source = 'simulation:shrink'")["t"][0]
+    assert last < datetime(2026, 1, 6, tzinfo=UTC)
+    assert lake.query("SELECT max(end_ts) AS t FROM labels WHERE dataset = 'simulation:shrink'")["t"][0] <= (
+        datetime(2026, 1, 6, tzinfo=UTC)
+    )
+
+
+def test_injection_follows_the_sources_own_grid_and_labels_only_real_changes(lake) -> None:
+    from anomaly.ingest import ingest_interval
+    from anomaly.simulate.run import inject_into_source
+    from tests.conftest import FrameSource, grid_frame
+
+    t0 = datetime(2026, 3, 2, tzinfo=UTC)
+    t1 = t0 + timedelta(hours=12)
+    frame = grid_frame(t0, t1, hosts=("a", "b", "c"), metrics=("cpu_util", "mem_util"))
+    frame["ts"] = frame["ts"] + pd.Timedelta(seconds=30)  # scraped at :30 past each minute
+    frame = frame[frame["ts"] < t1]
+    frame["value"] = 0.3 + 0.05 * np.sin(np.arange(len(frame)) / 30.0)
+    ingest_interval("files", t0, t1, "orig", source=FrameSource(frame))
+    report = inject_into_source("files", "files+f", t0, t1, anomaly_share=0.2, seed=3)
+    assert report["rows_off_grid"] == 0 and report["rows_loaded"] == len(frame)
+    labels = lake.query("SELECT type, affected_metrics FROM labels WHERE dataset = 'files+f'")
+    assert len(labels) > 0
+    for metrics in labels["affected_metrics"]:
+        assert set(metrics) <= {"cpu_util", "mem_util"}  # only metrics this source reports
+    with pytest.raises(ValueError, match="must be a new dataset name"):
+        inject_into_source("files+f", "prometheus", t0, t1)
