@@ -54,7 +54,9 @@ def database() -> Iterator[str]:
     try:
         admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
     except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {exc}")
+        pytest.fail(
+            f"PostgreSQL must run at 127.0.0.1:5432 (trust auth, user postgres) for these tests: {exc}"
+        )
     admin.autocommit = True
     name = f"anomaly_test_{uuid.uuid4().hex[:12]}"
     with admin.cursor() as cur:
