@@ -172,7 +172,7 @@ _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(
 _TWO53 = 2.0**-53
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser on a uint64 array (wrapping arithmetic, element-wise)."""
     x = x ^ (x >> _S30)
     x = x * _C1
@@ -203,14 +203,14 @@ class _Streams:
     def uniform(self, stream: int, counter: int = 0) -> np.ndarray:
         """(H, 1) uniforms in [0, 1): one per host, for per-host parameters."""
         c = np.array([counter & _MASK64], dtype=np.uint64)
-        return (_mix(self.keys(stream) + c * _GOLDEN) >> _S11) * _TWO53
+        return (mix64(self.keys(stream) + c * _GOLDEN) >> _S11) * _TWO53
 
     def normal(self, stream: int, t: np.ndarray) -> np.ndarray:
         """(H, T) standard normals keyed by epoch second (Box-Muller on two hashes)."""
         k = self.keys(stream)
         c = t.astype(np.uint64) * np.uint64(2)
-        u1 = ((_mix(k + c * _GOLDEN) >> _S11) + np.uint64(1)) * _TWO53  # (0, 1]: log is finite
-        u2 = (_mix(k + (c + np.uint64(1)) * _GOLDEN) >> _S11) * _TWO53
+        u1 = ((mix64(k + c * _GOLDEN) >> _S11) + np.uint64(1)) * _TWO53  # (0, 1]: log is finite
+        u2 = (mix64(k + (c + np.uint64(1)) * _GOLDEN) >> _S11) * _TWO53
         return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
     def smooth(self, stream: int, t: np.ndarray, pmin: int, pmax: int, terms: int = 3) -> np.ndarray:
@@ -230,6 +230,14 @@ class _Streams:
             acc += amp * np.sin((2.0 * np.pi) * (((t + offset) % period) / period))
             norm = norm + amp * amp / 2.0
         return np.broadcast_to(acc / np.sqrt(norm), (len(self._hosts), t.shape[-1]))
+
+
+def runnable_tasks(cpus: float | np.ndarray, cpu: np.ndarray) -> np.ndarray:
+    """The fleet's load model: busy cores, plus a run queue that builds beyond 80 % CPU.
+
+    Faults that change CPU use it too, so load follows CPU the way the baseline does.
+    """
+    return cpus * cpu * (1.0 + np.maximum(cpu - 0.8, 0.0) / 0.2)
 
 
 def _lognormal(sigma: float | np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -386,8 +394,7 @@ def _baseline(fleet: Sequence[Host], t: np.ndarray, seed: int) -> dict[str, np.n
     v["cpu_util"] = cpu
     # Load counts runnable tasks: busy cores, plus a run queue that builds once the host
     # saturates; its own noise (2 %) is far below cpu's (>= 5 %), so load tracks cpu closely.
-    saturation = 1.0 + np.maximum(cpu - 0.8, 0.0) / 0.2
-    runnable = cpus * cpu * saturation
+    runnable = runnable_tasks(cpus, cpu)
     v["load1"] = runnable * _lognormal(0.02, s.normal(_S_LOAD, t))
 
     # Memory: demand = role base + working set that scales with activity + slow drift (caches,

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from anomaly.metrics import DEFAULT_METRIC_NAMES
+from anomaly.simulate.fleet import mix64
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -159,17 +160,9 @@ class FaultContext:
         key = np.uint64(int.from_bytes(digest.digest(), "little"))
         golden = np.uint64(0x9E3779B97F4A7C15)
         c = self.t.astype(np.uint64) * np.uint64(2)
-        u1 = ((_mix(key + c * golden) >> np.uint64(11)) + np.uint64(1)) * 2.0**-53
-        u2 = (_mix(key + (c + np.uint64(1)) * golden) >> np.uint64(11)) * 2.0**-53
+        u1 = ((mix64(key + c * golden) >> np.uint64(11)) + np.uint64(1)) * 2.0**-53
+        u2 = (mix64(key + (c + np.uint64(1)) * golden) >> np.uint64(11)) * 2.0**-53
         return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 FaultFunction = Callable[[FaultContext], None]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from anomaly.simulate.faults import FaultContext, fault_type
+from anomaly.simulate.fleet import runnable_tasks
 
 _LINK_BYTES_PER_GBPS = 125e6  # 1 Gbit/s in bytes per second
 _FULL_FRAME = 1514.0  # an MSS-sized TCP segment on the wire (bytes)
@@ -56,17 +57,12 @@ def _lognormal(sigma: float, z: np.ndarray) -> np.ndarray:
     return np.exp(sigma * z - sigma * sigma / 2.0)
 
 
-def _runnable(cpus: int, cpu: np.ndarray) -> np.ndarray:
-    """The fleet's run-queue model: busy cores, plus a queue once the host passes 80 % CPU."""
-    return cpus * cpu * (1.0 + np.maximum(cpu - 0.8, 0.0) / 0.2)
-
-
 def _load_following(
     ctx: FaultContext, load1: np.ndarray, cpu_old: np.ndarray, cpu_new: np.ndarray
 ) -> np.ndarray:
     """``load1`` rescaled by the change of runnable tasks that the CPU change implies."""
-    r_old = _runnable(ctx.host.cpus, cpu_old)
-    r_new = _runnable(ctx.host.cpus, cpu_new)
+    r_old = runnable_tasks(ctx.host.cpus, cpu_old)
+    r_new = runnable_tasks(ctx.host.cpus, cpu_new)
     ratio = np.divide(r_new, r_old, out=np.ones_like(r_new), where=r_old > 1e-9)
     return np.maximum(np.where(r_old > 1e-9, load1 * ratio, load1 + r_new), 0.0)
 
@@ -213,7 +209,9 @@ def connection_storm(ctx: FaultContext) -> None:
     target = (0.7 + 0.28 * sev) * (1.0 + 0.02 * ctx.noise(1))
     cpu = _clip_ratio(v["cpu_util"] + env * np.maximum(target - v["cpu_util"], 0.1 * sev))
     backlog = env * sev * (2.0 + cpus / 2.0)
-    extra_runnable = np.maximum(_runnable(cpus, cpu) - _runnable(cpus, v["cpu_util"]), 0.0) + backlog
+    extra_runnable = (
+        np.maximum(runnable_tasks(cpus, cpu) - runnable_tasks(cpus, v["cpu_util"]), 0.0) + backlog
+    )
     procs = v["procs_running"] + np.maximum(
         np.rint(extra_runnable + np.sqrt(extra_runnable) * ctx.noise(2)), 0.0
     )

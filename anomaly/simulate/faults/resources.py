@@ -37,6 +37,7 @@ from collections.abc import Callable
 import numpy as np
 
 from anomaly.simulate.faults import FaultContext, envelope, fault_type
+from anomaly.simulate.fleet import mix64, runnable_tasks
 
 FAMILY = "resources"
 
@@ -67,11 +68,6 @@ def _get(ctx: FaultContext, metric: str) -> np.ndarray:
 def _jitter(ctx: FaultContext, stream: int, sigma: float) -> np.ndarray:
     """Mean-one, positive multiplicative noise (lognormal) keyed by absolute time."""
     return np.exp(sigma * ctx.noise(stream) - sigma * sigma / 2.0)
-
-
-def _runnable(cpu: np.ndarray, cpus: int) -> np.ndarray:
-    """The fleet's load model: busy cores, plus a run queue that builds beyond 80 % CPU."""
-    return cpus * cpu * (1.0 + np.maximum(cpu - 0.8, 0.0) / 0.2)
 
 
 def _idle_floor(ctx: FaultContext) -> np.ndarray:
@@ -108,12 +104,7 @@ def _slot_uniform(ctx: FaultContext, slot_seconds: float, stream: int) -> np.nda
     digest = hashlib.blake2b(f"{ctx.block.seed}|{ctx.fault.fault_id}|slot|{stream}".encode(), digest_size=8)
     key = int.from_bytes(digest.digest(), "little")
     slot = np.floor(np.maximum(ctx.elapsed, 0.0) / slot_seconds).astype(np.uint64)
-    x = np.uint64(key) + slot * np.uint64(0x9E3779B97F4A7C15)
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
+    x = mix64(np.uint64(key) + slot * np.uint64(0x9E3779B97F4A7C15))
     return (x >> np.uint64(11)) * 2.0**-53
 
 
@@ -341,7 +332,8 @@ def swap_thrashing(ctx: FaultContext) -> None:
     _write(
         ctx,
         "load1",
-        np.maximum(load + _runnable(cpu_new, host.cpus) - _runnable(cpu, host.cpus), load) + blocked,
+        np.maximum(load + runnable_tasks(host.cpus, cpu_new) - runnable_tasks(host.cpus, cpu), load)
+        + blocked,
     )
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from anomaly.metrics import DEFAULT_METRIC_NAMES, DEFAULT_METRICS
 from anomaly.simulate.faults import FaultContext, fault_type
+from anomaly.simulate.fleet import runnable_tasks
 
 _KIND = {m.name: m.kind for m in DEFAULT_METRICS}
 _ALL = DEFAULT_METRIC_NAMES
@@ -70,11 +71,6 @@ def _recovery(ctx: FaultContext, since: np.ndarray, tau: float) -> np.ndarray:
     """exp(-since / tau) after ``since >= 0`` (1 at the instant, fading), 0 before it and outside."""
     ok = ctx.inside & (since >= 0)
     return np.where(ok, np.exp(-np.where(ok, since, 0.0) / max(tau, 1.0)), 0.0)
-
-
-def _load_for(cpus: float, cpu: np.ndarray) -> np.ndarray:
-    """Runnable tasks for a utilisation: busy cores plus the run queue beyond 80 % (fleet's model)."""
-    return cpus * cpu * (1.0 + np.maximum(cpu - 0.8, 0.0) / 0.2)
 
 
 def _reflect(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -261,7 +257,7 @@ def level_shift(ctx: FaultContext) -> None:
         x = ctx.series(m)
         if m == "load1" and "cpu_util" in ctx.metrics:
             cpu1 = np.maximum(cpu0, np.minimum(cpu0 + delta, caps["cpu_util"]))
-            extra = _load_for(ctx.host.cpus, cpu1) - _load_for(ctx.host.cpus, cpu0)
+            extra = runnable_tasks(ctx.host.cpus, cpu1) - runnable_tasks(ctx.host.cpus, cpu0)
             _put(ctx, m, x + extra)
         elif _KIND[m] == "ratio":
             _put(ctx, m, np.maximum(x, np.minimum(x + delta, caps.get(m, 1.0))))
@@ -299,7 +295,7 @@ def variance_change(ctx: FaultContext) -> None:
         if m == "cpu_util":
             _put(ctx, m, cpu1)
         elif m == "load1" and "cpu_util" in ctx.metrics:
-            _put(ctx, m, x + _load_for(ctx.host.cpus, cpu1) - _load_for(ctx.host.cpus, cpu0))
+            _put(ctx, m, x + runnable_tasks(ctx.host.cpus, cpu1) - runnable_tasks(ctx.host.cpus, cpu0))
         elif _KIND[m] == "ratio":
             _put(ctx, m, _reflect(x + ctx.param("std", 0.3) * s * ctx.noise(1 + i), 0.0, 1.0))
         else:
@@ -418,7 +414,9 @@ def cascade(ctx: FaultContext) -> None:
     target = np.clip(ctx.param("target_cpu", 0.97) + 0.01 * ctx.noise(0), 0.0, 0.999)
     cpu1 = cpu0 + s * np.maximum(target - cpu0, 0.0)
     # busy cores, plus request workers queueing for a CPU: up to 1.5 waiting tasks per core
-    extra_run = _load_for(cpus, cpu1) - _load_for(cpus, cpu0) + ctx.param("queue_per_cpu", 1.5) * s * cpus
+    extra_run = (
+        runnable_tasks(cpus, cpu1) - runnable_tasks(cpus, cpu0) + ctx.param("queue_per_cpu", 1.5) * s * cpus
+    )
     _put(ctx, "cpu_util", cpu1)
     _put(ctx, "load1", ctx.series("load1") + extra_run)
     _put(ctx, "procs_running", ctx.series("procs_running") + extra_run, rint=True)
