@@ -5,6 +5,8 @@ Examples::
     anomaly sql "select host, count(*) from raw_metrics group by host"
     anomaly sql --format csv "select * from quarantine" > rejected.csv
     anomaly ingest --source files --start 2026-01-01T00:00Z --end 2026-01-02T00:00Z
+    anomaly features build --source simulation --start 2026-01-01T00:00Z --end 2026-01-02T00:00Z
+    anomaly features export --host web-01 --start 2026-01-01T00:00Z --out web-01.parquet
     anomaly demo
 """
 
@@ -302,3 +304,107 @@ def demo(hosts: int, days: float, source: str) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.group()
+def features() -> None:
+    """Build, list, show and export the SQL features (sql/features/*.sql)."""
+
+
+@features.command("build")
+@click.option("--source", default=None, help="Source whose raw rows to use (default: ANOMALY_SOURCE).")
+@click.option("--start", required=True, help="ISO-8601 with zone, inclusive.")
+@click.option("--end", required=True, help="ISO-8601 with zone, exclusive.")
+@click.option("--step", default="1h", show_default=True, help="Interval length of each build (e.g. 1h, 1d).")
+def features_build(source: str | None, start: str, end: str, step: str) -> None:
+    """Build the features of [START, END), one STEP-long interval at a time (a backfill)."""
+    from rich.progress import Progress
+
+    from anomaly.features import FeatureError, build_features, intervals
+    from anomaly.settings import get_settings
+
+    source = source or get_settings().source
+    begin, finish = _parse_utc(start, "--start"), _parse_utc(end, "--end")
+    if finish <= begin:
+        raise _CliError(f"--end {end} is not after --start {start}")
+    pieces = intervals(begin, finish, _parse_step(step))
+    rows = 0
+    with Progress(transient=True) as progress:
+        bar = progress.add_task(f"features of {source}", total=len(pieces))
+        for a, b in pieces:
+            try:
+                report = build_features(source, a, b, f"manual__{datetime.now(UTC).isoformat()}")
+            except (FeatureError, ValueError) as exc:
+                raise _CliError(str(exc)) from exc
+            rows += report.rows
+            progress.advance(bar)
+    click.echo(f"built {len(pieces)} interval(s) of {source!r}: {rows} rows, {report.features} features")
+
+
+def _parse_step(text: str):
+    from datetime import timedelta
+
+    units = {"m": 60, "h": 3600, "d": 86400}
+    try:
+        seconds = float(text[:-1]) * units[text[-1]]
+    except (KeyError, ValueError, IndexError):
+        raise _CliError(f"--step {text!r}: write a number and a unit m, h or d (e.g. 1h)") from None
+    if seconds <= 0:
+        raise _CliError(f"--step {text!r} must be positive")
+    return timedelta(seconds=seconds)
+
+
+@features.command("list")
+def features_list() -> None:
+    """Print the feature catalog of the current metric catalog (name, family, window, file)."""
+    import pandas as pd
+
+    from anomaly.features import FeatureContext, catalog
+    from anomaly.store import Lake
+
+    ctx = FeatureContext.from_catalog(Lake().metric_kinds())
+    frame = pd.DataFrame(
+        [(s.name, s.family, s.window or "", s.source_file, s.description) for s in catalog(ctx)],
+        columns=["name", "family", "window", "source_file", "description"],
+    )
+    _print_table(frame, len(frame))
+
+
+@features.command("sql")
+@click.argument("file", required=False)
+def features_sql(file: str | None) -> None:
+    """Print the rendered SQL of one feature FILE (e.g. 10_rolling.sql), or of all of them."""
+    from anomaly.features import FeatureContext, feature_files, render
+    from anomaly.store import Lake
+
+    ctx = FeatureContext.from_catalog(Lake().metric_kinds())
+    files = feature_files()
+    chosen = [f for f in files if file in (None, f.name, f.relation)]
+    if not chosen:
+        raise _CliError(f"no feature file {file!r}; files: {', '.join(f.name for f in files)}")
+    for f in chosen:
+        click.echo(f"-- {f.name}: CREATE TEMP TABLE {f.relation} AS\n{render(f, ctx)}")
+
+
+@features.command("export")
+@click.option("--host", default=None, help="One host (default: all hosts).")
+@click.option("--source", default=None, help="One source (default: all sources).")
+@click.option("--start", default=None, help="ISO-8601 with zone, inclusive.")
+@click.option("--end", default=None, help="ISO-8601 with zone, exclusive.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="A .parquet or .csv file.")
+def features_export(host, source, start, end, out: Path) -> None:
+    """Write the features of a host over a range to Parquet or CSV."""
+    import duckdb
+
+    from anomaly.features import FeatureError, export
+    from anomaly.store import Lake, StoreError
+
+    begin = _parse_utc(start, "--start") if start else None
+    finish = _parse_utc(end, "--end") if end else None
+    try:
+        n = export(Lake(), out, host=host, start=begin, end=finish, source=source)
+    except (FeatureError, StoreError) as exc:
+        raise _CliError(str(exc)) from exc
+    except duckdb.CatalogException as exc:
+        raise _CliError(f"no features yet ({exc}); build them with `anomaly features build`") from exc
+    click.echo(f"wrote {n} rows to {out}")

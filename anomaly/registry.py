@@ -17,11 +17,24 @@ LABELS = "labels"
 QUARANTINE = "quarantine"
 INGEST_LOG = "ingest_log"
 SCHEMA_MIGRATIONS = "schema_migrations"
+FEATURES = "features"  # created by the first feature build: its columns follow the catalog
+FEATURE_CATALOG = "feature_catalog"
+FEATURE_LOG = "feature_log"
 
-TABLES: tuple[str, ...] = (RAW_METRICS, HOSTS, METRIC_CATALOG, LABELS, QUARANTINE, INGEST_LOG)
+TABLES: tuple[str, ...] = (
+    RAW_METRICS,
+    HOSTS,
+    METRIC_CATALOG,
+    LABELS,
+    QUARANTINE,
+    INGEST_LOG,
+    FEATURE_CATALOG,
+    FEATURE_LOG,
+)
 
 # Asset URIs use an ``x-`` scheme: they name our tables, not a storage protocol Airflow knows.
 ASSET_RAW_METRICS = "x-anomaly://lake/raw_metrics"
+ASSET_FEATURES = "x-anomaly://lake/features"
 
 
 def sql_dir() -> Path:

@@ -93,6 +93,16 @@ class Settings(BaseSettings):
         None, description="JSON file of faults the simulation source injects (anomaly simulate writes one)."
     )
 
+    # --- features ----------------------------------------------------------
+    feature_pairs: str = Field(
+        "cpu_util:load1,net_in_bytes:net_out_bytes,mem_util:swap_util,disk_read_bytes:disk_write_bytes",
+        description="Metric pairs (a:b, comma-separated) with rolling correlation features.",
+    )
+    feature_ratios: str = Field(
+        "net_in_bytes/net_in_packets,net_out_bytes/net_out_packets",
+        description="Ratio features (numerator/denominator, comma-separated), e.g. bytes per packet.",
+    )
+
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:

@@ -3,12 +3,23 @@
 
 Loads host metrics for one data interval `[data_interval_start, data_interval_end)` from a
 source (`simulation`, `prometheus`, `postgres` or `files`) into the lake table `raw_metrics`
-(grain: one row per host x metric x timestamp).
+(grain: one row per host x metric x timestamp), then builds that interval's features.
+
+Tasks: `ingest` >> `build_features`.
 
 * **Reads**: the source chosen by the `source` param (default: `ANOMALY_SOURCE`).
 * **Writes**: `raw_metrics` (the interval of that source, replaced in one transaction),
-  `quarantine` (rejected rows with their reason), `hosts`, `ingest_log`.
-* **Emits**: the Asset `x-anomaly://lake/raw_metrics`, which later DAGs schedule on.
+  `quarantine` (rejected rows with their reason), `hosts`, `ingest_log`; then `features`
+  (the interval, replaced in one transaction from `sql/features/*.sql`), `feature_catalog`,
+  `feature_log`.
+* **Emits**: the Assets `x-anomaly://lake/raw_metrics` and `x-anomaly://lake/features`,
+  which later DAGs schedule on.
+* **Why features live here** rather than in a DAG scheduled on the raw Asset: a feature build
+  needs the exact data interval (it reads the longest window's lookback before it and writes
+  only the interval), and an Asset-triggered run has no data interval of its own. Running it
+  as the next task of the same run keeps interval, retries and backfills aligned: backfilling
+  ingest backfills features, and a failed ingest never feeds features a partial interval.
+  Validation (its own tasks) sits between the two.
 * **Idempotent**: a re-run or an overlapping backfill leaves the same rows; a failed run
   leaves the interval as it was.
 * **Schedule**: hourly by default (`ANOMALY_INGEST_SCHEDULE`, a cron in UTC); catchup off
@@ -23,12 +34,13 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from anomaly.registry import ASSET_RAW_METRICS
+from anomaly.registry import ASSET_FEATURES, ASSET_RAW_METRICS
 from anomaly.settings import get_settings
 from anomaly.sources import SOURCE_NAMES
 
 settings = get_settings()
 raw_metrics = Asset(ASSET_RAW_METRICS)
+features = Asset(ASSET_FEATURES)
 
 
 @dag(
@@ -69,7 +81,20 @@ def ingest_metrics() -> None:
         report = ingest_interval(params["source"], start, end, run_id, allow_shrink=params["allow_shrink"])
         return report.as_dict()
 
-    ingest()
+    @task(outlets=[features])
+    def build_features(
+        data_interval_start=None, data_interval_end=None, run_id=None, params=None, dag_run=None, dag=None
+    ):
+        """Compute the interval's features from `sql/features/*.sql` and replace them in the lake."""
+        from anomaly.features import build_features as build
+        from anomaly.ingest import manual_interval
+
+        start, end = data_interval_start, data_interval_end
+        if start is None or end is None:
+            start, end = manual_interval(dag.timetable, dag_run.run_after)
+        return build(params["source"], start, end, run_id).as_dict()
+
+    ingest() >> build_features()
 
 
 ingest_metrics()

@@ -1,0 +1,47 @@
+-- relation: feat_trend
+-- family: trend
+-- grain: one row per feat_base row (host x timestamp).
+-- windows: 15m 1h
+-- columns:
+--   {metric}__slope_{window}  least-squares slope of the metric against time, per second, over the
+--                             samples in (t - window, t]; NULL below 2 samples
+--   {metric}__rate            first difference per second from the previous sample of the metric in
+--                             (t - 1h, t); for counters a drop is a reset, so the rate is value / dt;
+--                             NULL without a current or previous sample
+-- Time enters the slope as seconds since $start: slopes do not depend on the anchor, and small
+-- numbers keep the sums exact enough.
+WITH prev AS (
+    SELECT
+        host,
+        ts,
+        epoch(ts) - epoch($start) AS t,
+{%- for m in metrics %}
+        {{ m.name | ident }},
+        lag({{ m.name | ident }} IGNORE NULLS) OVER w AS {{ ("prev__" ~ m.name) | ident }},
+        lag(CASE WHEN {{ m.name | ident }} IS NOT NULL THEN ts END IGNORE NULLS) OVER w AS {{ ("prev_ts__" ~ m.name) | ident }}{{ "," if not loop.last }}
+{%- endfor %}
+    FROM feat_base
+    WINDOW w AS (PARTITION BY host ORDER BY ts)
+)
+SELECT
+    host,
+    ts,
+{%- for m in metrics %}{% set outer_last = loop.last %}
+{%- for w in windows %}
+    CASE WHEN count({{ m.name | ident }}) OVER w_{{ w.name }} >= 2
+         THEN regr_slope({{ m.name | ident }}, t) OVER w_{{ w.name }} END AS {{ (m.name ~ "__slope_" ~ w.name) | ident }},
+{%- endfor %}
+    CASE
+        WHEN {{ ("prev_ts__" ~ m.name) | ident }} IS NULL OR {{ ("prev_ts__" ~ m.name) | ident }} <= ts - INTERVAL 1 HOUR THEN NULL
+{%- if m.kind == "counter" %}
+        WHEN {{ m.name | ident }} < {{ ("prev__" ~ m.name) | ident }}
+            THEN {{ m.name | ident }} / (epoch(ts) - epoch({{ ("prev_ts__" ~ m.name) | ident }}))
+{%- endif %}
+        ELSE ({{ m.name | ident }} - {{ ("prev__" ~ m.name) | ident }}) / (epoch(ts) - epoch({{ ("prev_ts__" ~ m.name) | ident }}))
+    END AS {{ (m.name ~ "__rate") | ident }}{{ "," if not outer_last }}
+{%- endfor %}
+FROM prev
+WINDOW
+{%- for w in windows %}
+    w_{{ w.name }} AS (PARTITION BY host ORDER BY ts RANGE BETWEEN {{ w.frame }} PRECEDING AND CURRENT ROW){{ "," if not loop.last }}
+{%- endfor %}

@@ -1,0 +1,19 @@
+-- relation: feat_time
+-- family: time
+-- grain: one row per feat_base row (host x timestamp).
+-- All in UTC.
+-- columns:
+--   hour_sin    sin(2 pi x seconds since UTC midnight / 86400)
+--   hour_cos    cos(2 pi x seconds since UTC midnight / 86400)
+--   dow_sin     sin(2 pi x day of week / 7), Monday = 0
+--   dow_cos     cos(2 pi x day of week / 7), Monday = 0
+--   is_weekend  TRUE on Saturday and Sunday (UTC)
+SELECT
+    host,
+    ts,
+    sin(2 * pi() * (epoch(ts) - epoch(date_trunc('day', ts))) / 86400) AS hour_sin,
+    cos(2 * pi() * (epoch(ts) - epoch(date_trunc('day', ts))) / 86400) AS hour_cos,
+    sin(2 * pi() * (isodow(ts) - 1) / 7) AS dow_sin,
+    cos(2 * pi() * (isodow(ts) - 1) / 7) AS dow_cos,
+    isodow(ts) >= 6 AS is_weekend
+FROM feat_base
