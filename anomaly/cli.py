@@ -391,7 +391,13 @@ def features_sql(file: str | None) -> None:
 @click.option("--source", default=None, help="One source (default: all sources).")
 @click.option("--start", default=None, help="ISO-8601 with zone, inclusive.")
 @click.option("--end", default=None, help="ISO-8601 with zone, exclusive.")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="A .parquet or .csv file.")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A .parquet or .csv file.",
+)
 def features_export(host, source, start, end, out: Path) -> None:
     """Write the features of a host over a range to Parquet or CSV."""
     import duckdb

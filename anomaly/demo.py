@@ -333,6 +333,17 @@ def _report(console, settings, fetch_seconds: float, rows: int, wall: float, sou
             f"{source} fetch: {rows:,} rows in {fetch_seconds:.1f}s = "
             f"[bold]{rows / fetch_seconds:,.0f} rows/s[/bold]"
         )
+    built = lake.query(
+        "SELECT count(*) AS n, sum(seconds) AS s FROM feature_log WHERE source = ? AND rows_written > 0",
+        [source],
+    ).iloc[0]
+    n_features = int(lake.query("SELECT count(*) AS n FROM feature_catalog")["n"][0])
+    n_rows = int(lake.query("SELECT count(*) AS n FROM features WHERE source = ?", [source])["n"][0])
+    console.print(
+        f"features: [bold]{n_rows:,}[/bold] rows x {n_features} feature columns in table features "
+        f"({int(built['n'])} interval builds, {float(built['s'] or 0):.1f}s of SQL); list them with "
+        "`uv run anomaly features list`"
+    )
     console.print(f"demo wall time: {wall:.0f}s\n")
     console.print("[bold]Query it[/bold] (per host and metric, any SQL):")
     console.print(
@@ -342,6 +353,12 @@ def _report(console, settings, fetch_seconds: float, rows: int, wall: float, sou
     )
     console.print(
         "  uv run anomaly sql --format csv \"select * from raw_metrics where host = 'web-prod-01'\"",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        '  uv run anomaly sql "select host, ts, cpu_util, cpu_util__mean_15m, cpu_util__zscore_1h '
+        "from features where host = 'web-prod-01' order by ts desc limit 5\"",
         highlight=False,
         soft_wrap=True,
     )

@@ -152,7 +152,9 @@ class FeatureContext:
                     "(letters, digits and '_', not starting with a digit)"
                 )
         metrics = tuple(MetricRef(n, kinds[n]) for n in sorted(kinds))
-        pairs = tuple(Pair(a, b) for a, b in parse_pairs(settings.feature_pairs, ":") if a in kinds and b in kinds)
+        pairs = tuple(
+            Pair(a, b) for a, b in parse_pairs(settings.feature_pairs, ":") if a in kinds and b in kinds
+        )
         ratios = tuple(
             Ratio(n, d) for n, d in parse_pairs(settings.feature_ratios, "/") if n in kinds and d in kinds
         )
@@ -357,7 +359,9 @@ def compute(
             used = {k: v for k, v in params.items() if f"${k}" in sql}
             con.execute(f"CREATE OR REPLACE TEMP TABLE {file.relation} AS {sql}", used)
         except Exception as exc:
-            raise FeatureError(f"feature file {file.name} failed for interval {interval} of {source!r}: {exc}") from exc
+            raise FeatureError(
+                f"feature file {file.name} failed for interval {interval} of {source!r}: {exc}"
+            ) from exc
         report.timings[file.name] = time.perf_counter() - t
         declared = [s.name for s in expand(file, ctx)]
         got = [c for c in _columns(con, file.relation) if c not in ("host", "ts")]
@@ -445,7 +449,9 @@ def build_features(
 
     # The computation runs under the write lock, outside the transaction (see Lake.write); the
     # transaction only swaps the interval's rows, so a failure anywhere leaves them as they were.
-    report = lake.write(work, prepare=prepare, what=f"build features [{start.isoformat()}, {end.isoformat()})")
+    report = lake.write(
+        work, prepare=prepare, what=f"build features [{start.isoformat()}, {end.isoformat()})"
+    )
     if report.rows == 0:
         log.warning(
             "no raw data of source %r in [%s, %s): no feature rows written (earlier rows of the interval removed)",
@@ -487,7 +493,10 @@ def _write_catalog(con: duckdb.DuckDBPyConnection, specs: Sequence[FeatureSpec])
     con.execute(f"DELETE FROM {registry.FEATURE_CATALOG}")
     con.executemany(
         f"INSERT INTO {registry.FEATURE_CATALOG} VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(i, s.name, s.family, s.metric, s.window, s.source_file, s.description) for i, s in enumerate(specs)],
+        [
+            (i, s.name, s.family, s.metric, s.window, s.source_file, s.description)
+            for i, s in enumerate(specs)
+        ],
     )
 
 
@@ -532,7 +541,12 @@ def export(
     import pyarrow.parquet as pq
 
     where, params = [], {}
-    for col, op, value in (("host", "=", host), ("source", "=", source), ("ts", ">=", start), ("ts", "<", end)):
+    for col, op, value in (
+        ("host", "=", host),
+        ("source", "=", source),
+        ("ts", ">=", start),
+        ("ts", "<", end),
+    ):
         if value is not None:
             where.append(f"{col} {op} ${col}_{len(params)}")
             params[f"{col}_{len(params)}"] = value

@@ -39,6 +39,12 @@ def test_demo_ingests_every_host_and_metric_and_says_how_to_query(tmp_path: Path
     rows = int(m.group(1).replace(",", ""))
     assert 0.8 * 43_200 <= rows <= 43_200
     assert "uv run anomaly sql" in text and "ATTACH 'ducklake:sqlite:" in text
+    # every loaded host x timestamp got its features, in one build per interval
+    m = re.search(
+        r"features: ([\d,]+) rows x (\d+) feature columns in table features \((\d+) interval builds", text
+    )
+    assert m, text[-3000:]
+    assert int(m.group(2)) >= 40 and int(m.group(3)) == 2
 
     from anomaly.settings import Settings
     from anomaly.simulate.faults import load_faults
@@ -47,6 +53,10 @@ def test_demo_ingests_every_host_and_metric_and_says_how_to_query(tmp_path: Path
     faults = load_faults(tmp_path / "var" / "demo" / "faults.json")
     assert len({f.type for f in faults}) >= 3  # the demo fleet has labelled incidents
     lake = Lake(Settings(home=tmp_path / "var"))
+    keys = lake.query(
+        "SELECT (SELECT count(*) FROM features) AS f, (SELECT count(DISTINCT (host, ts)) FROM raw_metrics) AS r"
+    ).iloc[0]
+    assert keys["f"] == keys["r"] == int(m.group(1).replace(",", ""))
     labels = lake.query("SELECT type, dataset FROM labels")
     assert len(labels) == len(faults) and set(labels["dataset"]) == {source}
     assert (tmp_path / "var" / "demo" / "faults.png").stat().st_size > 20_000

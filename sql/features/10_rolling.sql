@@ -3,7 +3,8 @@
 -- grain: one row per feat_base row (host x timestamp).
 -- windows: 5m 15m 1h
 -- Each window at t covers the samples with ts in (t - window, t]: defined by time, so gaps and
--- irregular scrapes change the count, not the span. One shared frame per window size.
+-- irregular scrapes change the count, not the span. One shared frame per window size: the
+-- rows_<window> rows ending at the current one (see 00_base.sql), the same rows as the time range.
 -- columns:
 --   {metric}__count_{window}  samples of the metric in the window (0 when there are none)
 --   {metric}__mean_{window}   mean of the samples in the window
@@ -23,5 +24,5 @@ SELECT
 FROM feat_base
 WINDOW
 {%- for w in windows %}
-    w_{{ w.name }} AS (PARTITION BY host ORDER BY ts RANGE BETWEEN {{ w.frame }} PRECEDING AND CURRENT ROW){{ "," if not loop.last }}
+    w_{{ w.name }} AS (PARTITION BY host ORDER BY ts ROWS BETWEEN {{ ("rows_" ~ w.name) | ident }} - 1 PRECEDING AND CURRENT ROW){{ "," if not loop.last }}
 {%- endfor %}

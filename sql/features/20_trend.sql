@@ -15,6 +15,9 @@ WITH prev AS (
         host,
         ts,
         epoch(ts) - epoch($start) AS t,
+{%- for w in windows %}
+        {{ ("rows_" ~ w.name) | ident }},
+{%- endfor %}
 {%- for m in metrics %}
         {{ m.name | ident }},
         lag({{ m.name | ident }} IGNORE NULLS) OVER w AS {{ ("prev__" ~ m.name) | ident }},
@@ -43,5 +46,5 @@ SELECT
 FROM prev
 WINDOW
 {%- for w in windows %}
-    w_{{ w.name }} AS (PARTITION BY host ORDER BY ts RANGE BETWEEN {{ w.frame }} PRECEDING AND CURRENT ROW){{ "," if not loop.last }}
+    w_{{ w.name }} AS (PARTITION BY host ORDER BY ts ROWS BETWEEN {{ ("rows_" ~ w.name) | ident }} - 1 PRECEDING AND CURRENT ROW){{ "," if not loop.last }}
 {%- endfor %}

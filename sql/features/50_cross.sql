@@ -24,5 +24,5 @@ SELECT
 FROM feat_base
 WINDOW
 {%- for w in windows %}
-    w_{{ w.name }} AS (PARTITION BY host ORDER BY ts RANGE BETWEEN {{ w.frame }} PRECEDING AND CURRENT ROW){{ "," if not loop.last }}
+    w_{{ w.name }} AS (PARTITION BY host ORDER BY ts ROWS BETWEEN {{ ("rows_" ~ w.name) | ident }} - 1 PRECEDING AND CURRENT ROW){{ "," if not loop.last }}
 {%- endfor %}

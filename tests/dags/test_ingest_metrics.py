@@ -88,3 +88,28 @@ def test_failed_source_fails_the_run_and_keeps_the_interval(ingest_dag, monkeypa
     assert fingerprint(Lake()) == before
     log = Lake().query("SELECT status FROM ingest_log ORDER BY finished_at")
     assert log["status"].tolist() == ["loaded"]  # the failed run wrote nothing, not even a log row
+
+
+def test_each_run_builds_the_features_of_its_interval(ingest_dag) -> None:
+    """ingest >> build_features: each run writes the features of exactly its interval; a re-run
+    replaces them with the same rows."""
+    from anomaly.store import Lake
+
+    lake = Lake()
+    assert run_interval(ingest_dag, T0).state == "success"
+    assert run_interval(ingest_dag, T0 + HOUR).state == "success"
+
+    def features():
+        return lake.query(
+            "SELECT count(*) AS n, min(ts) AS lo, max(ts) AS hi, sum(hash(host, ts, cpu_util__mean_1h)) AS h, "
+            "count(cpu_util__mean_1h) AS filled FROM features"
+        ).iloc[0]
+
+    first = features()
+    assert first["n"] == 3 * 60 * 2 == first["filled"]
+    assert (str(first["lo"]), str(first["hi"])) == ("2026-02-02 00:00:00+00:00", "2026-02-02 01:59:00+00:00")
+    log = lake.query("SELECT source, interval_start, rows_written FROM feature_log ORDER BY interval_start")
+    assert list(log["rows_written"]) == [180, 180] and set(log["source"]) == {"simulation"}
+
+    assert run_interval(ingest_dag, T0).state == "success"
+    assert features().equals(first)

@@ -48,7 +48,8 @@ def insert(lake, frame: pd.DataFrame, source: str = SRC) -> None:
     def work(con):
         con.register("incoming", frame)
         con.execute(
-            "INSERT INTO raw_metrics SELECT ts, host, metric, value, $s, 'test', now() FROM incoming", {"s": source}
+            "INSERT INTO raw_metrics SELECT ts, host, metric, value, $s, 'test', now() FROM incoming",
+            {"s": source},
         )
         con.unregister("incoming")
 
@@ -120,8 +121,10 @@ def test_changing_rows_after_t_leaves_features_up_to_t_unchanged(lake, cut_minut
     assert len(upto(before)) > 0 and len(before) > len(upto(before))
     assert_same_features(upto(before), upto(after))
     # and the rows after t did change, so the check above compared something that could move
-    assert not after[after["ts"] > t]["cpu_util__mean_5m"].reset_index(drop=True).equals(
-        before[before["ts"] > t]["cpu_util__mean_5m"].reset_index(drop=True)
+    assert (
+        not after[after["ts"] > t]["cpu_util__mean_5m"]
+        .reset_index(drop=True)
+        .equals(before[before["ts"] > t]["cpu_util__mean_5m"].reset_index(drop=True))
     )
 
 
@@ -160,7 +163,9 @@ def test_day_by_day_equals_both_days_at_once(lake) -> None:
     assert_same_features(at_once, by_day, rtol=1e-10)
 
     lake.write(lambda con: con.execute("DELETE FROM features"))
-    F.build_range(SRC, T0 + day - timedelta(hours=3), T0 + day + timedelta(hours=3), timedelta(hours=1), lake=lake)
+    F.build_range(
+        SRC, T0 + day - timedelta(hours=3), T0 + day + timedelta(hours=3), timedelta(hours=1), lake=lake
+    )
     window = (T0 + day - timedelta(hours=3), T0 + day + timedelta(hours=3))
     expected = at_once[(at_once["ts"] >= window[0]) & (at_once["ts"] < window[1])].reset_index(drop=True)
     assert_same_features(stored(lake, *window), expected, rtol=1e-10)
@@ -186,7 +191,12 @@ def test_a_metric_missing_for_a_host_gives_null_features_and_count_zero(lake) ->
     c = lake.query("SELECT * FROM features WHERE host = 'c'")
     assert len(c) > 0
     assert (c["net_in_packets__count_1h"] == 0).all() and (c["net_in_packets__count_5m"] == 0).all()
-    for col in ("net_in_packets", "net_in_packets__mean_1h", "net_in_packets__rate", "net_in_bytes_per_net_in_packets"):
+    for col in (
+        "net_in_packets",
+        "net_in_packets__mean_1h",
+        "net_in_packets__rate",
+        "net_in_bytes_per_net_in_packets",
+    ):
         assert c[col].isna().all(), col
     # a metric nobody reports (disk_util is in the default catalog) is all NULL, count 0
     assert (c["disk_util__count_15m"] == 0).all() and c["disk_util__max_15m"].isna().all()
@@ -200,7 +210,10 @@ def test_an_interval_without_raw_data_writes_no_rows_and_says_so(lake, caplog) -
         report = F.build_features(SRC, T0 + timedelta(hours=5), T0 + timedelta(hours=6), lake=lake)
     assert report.rows == 0
     assert lake.query("SELECT count(*) AS n FROM features").iloc[0]["n"] == 0
-    assert any("no raw data of source 'files'" in r.getMessage() and "05:00:00" in r.getMessage() for r in caplog.records)
+    assert any(
+        "no raw data of source 'files'" in r.getMessage() and "05:00:00" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_a_failing_feature_file_names_file_and_interval_and_keeps_previous_rows(lake, tmp_path) -> None:
@@ -248,6 +261,43 @@ def test_catalog_lists_every_column_with_family_window_and_file(lake) -> None:
     assert len(cols) >= 40
     assert set(cat["family"]) == {"base", "rolling", "trend", "deviation", "seasonality", "cross", "time"}
     row = cat.set_index("name").loc["cpu_util__std_15m"]
-    assert (row["family"], row["window"], row["source_file"], row["metric"]) == ("rolling", "15m", "10_rolling.sql", "cpu_util")
+    assert (row["family"], row["window"], row["source_file"], row["metric"]) == (
+        "rolling",
+        "15m",
+        "10_rolling.sql",
+        "cpu_util",
+    )
     assert cat["description"].str.len().min() > 10
     assert (cat["source_file"].map(lambda f: (F.features_dir() / f).exists())).all()
+
+
+def test_the_readme_example_of_adding_a_feature_works(lake, tmp_path) -> None:
+    """The 'Add a feature' steps of the README, followed literally."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"```sql\n(\s*-- relation: feat_spread\n.*?)```", readme, re.S)
+    assert block, "README lost its 'Add a feature' example"
+    example = "\n".join(line.removeprefix("   ") for line in block.group(1).splitlines()) + "\n"
+    folder = tmp_path / "features"
+    shutil.copytree(F.features_dir(), folder)
+    (folder / "70_spread.sql").write_text(example)
+
+    insert(lake, raw_frame(T0, T0 + timedelta(hours=2)))
+    F.build_features(SRC, T0, T0 + timedelta(hours=1), lake=lake)  # the table exists without it
+    F.build_features(
+        SRC, T0 + timedelta(hours=1), T0 + timedelta(hours=2), lake=lake, files=F.feature_files(folder)
+    )
+    got = lake.query(
+        "SELECT ts, cpu_util__range_15m, cpu_util__max_15m - cpu_util__min_15m AS expected FROM features "
+        "WHERE host = 'a' ORDER BY ts"
+    )
+    new = got[got["ts"] >= T0 + timedelta(hours=1)]
+    assert new["cpu_util__range_15m"].notna().all()
+    assert np.allclose(new["cpu_util__range_15m"], new["expected"], rtol=0, atol=0)
+    assert (
+        got[got["ts"] < T0 + timedelta(hours=1)]["cpu_util__range_15m"].isna().all()
+    )  # added column, old rows
+    row = lake.query("SELECT * FROM feature_catalog WHERE name = 'cpu_util__range_15m'").iloc[0]
+    assert (row["family"], row["window"], row["source_file"]) == ("spread", "15m", "70_spread.sql")
