@@ -248,7 +248,7 @@ def test_a_file_whose_columns_differ_from_its_header_is_refused(lake, tmp_path) 
 def test_header_without_columns_is_refused(tmp_path) -> None:
     bad = tmp_path / "00_base.sql"
     bad.write_text("-- relation: feat_base\n-- family: base\n-- grain: x\nSELECT 1\n")
-    with pytest.raises(F.FeatureError, match="00_base.sql.*columns"):
+    with pytest.raises(F.FeatureError, match=r"00_base\.sql.*columns"):
         F.feature_files(tmp_path)
 
 
