@@ -8,13 +8,14 @@
 --   {metric}__rate            first difference per second from the previous sample of the metric in
 --                             (t - 1h, t); for counters a drop is a reset, so the rate is value / dt;
 --                             NULL without a current or previous sample
--- Time enters the slope as seconds since $start: slopes do not depend on the anchor, and small
--- numbers keep the sums exact enough.
+-- Time differences are taken in integer microseconds, then seconds: epoch() of a timestamp near
+-- 1.7e9 s is already rounded to ~0.24 us, which cost rates and slopes 1e-8 relative. Slopes take
+-- time from $start (any anchor gives the same slope, small numbers keep more digits).
 WITH prev AS (
     SELECT
         host,
         ts,
-        epoch(ts) - epoch($start) AS t,
+        (epoch_us(ts) - epoch_us($start)) / 1e6 AS t,
 {%- for w in windows %}
         {{ ("rows_" ~ w.name) | ident }},
 {%- endfor %}
@@ -38,9 +39,9 @@ SELECT
         WHEN {{ ("prev_ts__" ~ m.name) | ident }} IS NULL OR {{ ("prev_ts__" ~ m.name) | ident }} <= ts - INTERVAL 1 HOUR THEN NULL
 {%- if m.kind == "counter" %}
         WHEN {{ m.name | ident }} < {{ ("prev__" ~ m.name) | ident }}
-            THEN {{ m.name | ident }} / (epoch(ts) - epoch({{ ("prev_ts__" ~ m.name) | ident }}))
+            THEN {{ m.name | ident }} / ((epoch_us(ts) - epoch_us({{ ("prev_ts__" ~ m.name) | ident }})) / 1e6)
 {%- endif %}
-        ELSE ({{ m.name | ident }} - {{ ("prev__" ~ m.name) | ident }}) / (epoch(ts) - epoch({{ ("prev_ts__" ~ m.name) | ident }}))
+        ELSE ({{ m.name | ident }} - {{ ("prev__" ~ m.name) | ident }}) / ((epoch_us(ts) - epoch_us({{ ("prev_ts__" ~ m.name) | ident }})) / 1e6)
     END AS {{ (m.name ~ "__rate") | ident }}{{ "," if not outer_last }}
 {%- endfor %}
 FROM prev

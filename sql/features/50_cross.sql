@@ -15,7 +15,8 @@ SELECT
     ts
 {%- for p in pairs %}{% for w in windows %},
     CASE WHEN count({{ p.a | ident }} + {{ p.b | ident }}) OVER w_{{ w.name }} >= 2
-         THEN nullif(greatest(-1.0, least(1.0, corr({{ p.a | ident }}, {{ p.b | ident }}) OVER w_{{ w.name }})), 'NaN'::DOUBLE)
+              AND NOT isnan(corr({{ p.a | ident }}, {{ p.b | ident }}) OVER w_{{ w.name }})
+         THEN greatest(-1.0, least(1.0, corr({{ p.a | ident }}, {{ p.b | ident }}) OVER w_{{ w.name }}))
     END AS {{ ("corr__" ~ p.name ~ "_" ~ w.name) | ident }}
 {%- endfor %}{% endfor %}
 {%- for r in ratios %},

@@ -11,8 +11,8 @@
 SELECT
     host,
     ts,
-    sin(2 * pi() * (epoch(ts) - epoch(date_trunc('day', ts))) / 86400) AS hour_sin,
-    cos(2 * pi() * (epoch(ts) - epoch(date_trunc('day', ts))) / 86400) AS hour_cos,
+    sin(2 * pi() * ((epoch_us(ts) - epoch_us(date_trunc('day', ts))) / 1e6) / 86400) AS hour_sin,
+    cos(2 * pi() * ((epoch_us(ts) - epoch_us(date_trunc('day', ts))) / 1e6) / 86400) AS hour_cos,
     sin(2 * pi() * (isodow(ts) - 1) / 7) AS dow_sin,
     cos(2 * pi() * (isodow(ts) - 1) / 7) AS dow_cos,
     isodow(ts) >= 6 AS is_weekend
