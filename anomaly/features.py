@@ -356,7 +356,8 @@ def compute(
         t = time.perf_counter()
         try:
             sql = render(file, ctx)
-            used = {k: v for k, v in params.items() if f"${k}" in sql}
+            code = re.sub(r"--[^\n]*", "", sql)  # DuckDB refuses parameters the SQL does not use
+            used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", code)}
             con.execute(f"CREATE OR REPLACE TEMP TABLE {file.relation} AS {sql}", used)
         except Exception as exc:
             raise FeatureError(
@@ -377,7 +378,7 @@ def compute(
     t = time.perf_counter()
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {out} AS SELECT $source AS source, host, ts, {cols} "
-        f"FROM {files[0].relation} {joins} WHERE ts >= $start AND ts < $end ORDER BY host, ts",
+        f"FROM {files[0].relation} {joins} WHERE ts >= $start AND ts < $end",
         {"source": source, "start": start, "end": end},
     )
     report.timings["assemble"] = time.perf_counter() - t

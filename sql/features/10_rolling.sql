@@ -1,28 +1,41 @@
 -- relation: feat_rolling
 -- family: rolling
--- grain: one row per feat_base row (host x timestamp).
+-- grain: one row per feat_base row inside the interval [$start, $end) (host x timestamp).
 -- windows: 5m 15m 1h
 -- Each window at t covers the samples with ts in (t - window, t]: defined by time, so gaps and
 -- irregular scrapes change the count, not the span. One shared frame per window size: the
 -- rows_<window> rows ending at the current one (see 00_base.sql), the same rows as the time range.
+-- Counts are exact integers from a running count and a lag of rows_<window> rows, which costs a
+-- third of a windowed count.
 -- columns:
 --   {metric}__count_{window}  samples of the metric in the window (0 when there are none)
 --   {metric}__mean_{window}   mean of the samples in the window
 --   {metric}__std_{window}    sample standard deviation (n - 1) in the window; NULL below 2 samples
 --   {metric}__min_{window}    smallest sample in the window
 --   {metric}__max_{window}    largest sample in the window
+WITH running AS (
+    SELECT
+        *,
+{%- for m in metrics %}
+        count({{ m.name | ident }}) OVER (PARTITION BY host ORDER BY ts ROWS UNBOUNDED PRECEDING) AS {{ ("seen__" ~ m.name) | ident }}{{ "," if not loop.last }}
+{%- endfor %}
+    FROM feat_base
+)
 SELECT
     host,
     ts,
 {%- for m in metrics %}{% set outer_last = loop.last %}{% for w in windows %}
-    count({{ m.name | ident }}) OVER w_{{ w.name }} AS {{ (m.name ~ "__count_" ~ w.name) | ident }},
+    {{ ("seen__" ~ m.name) | ident }} - coalesce(lag({{ ("seen__" ~ m.name) | ident }}, {{ ("rows_" ~ w.name) | ident }}) OVER by_ts, 0)
+        AS {{ (m.name ~ "__count_" ~ w.name) | ident }},
     avg({{ m.name | ident }}) OVER w_{{ w.name }} AS {{ (m.name ~ "__mean_" ~ w.name) | ident }},
     stddev_samp({{ m.name | ident }}) OVER w_{{ w.name }} AS {{ (m.name ~ "__std_" ~ w.name) | ident }},
     min({{ m.name | ident }}) OVER w_{{ w.name }} AS {{ (m.name ~ "__min_" ~ w.name) | ident }},
     max({{ m.name | ident }}) OVER w_{{ w.name }} AS {{ (m.name ~ "__max_" ~ w.name) | ident }}{{ "," if not (outer_last and loop.last) }}
 {%- endfor %}{% endfor %}
-FROM feat_base
+FROM running
 WINDOW
+    by_ts AS (PARTITION BY host ORDER BY ts),
 {%- for w in windows %}
     w_{{ w.name }} AS (PARTITION BY host ORDER BY ts ROWS BETWEEN {{ ("rows_" ~ w.name) | ident }} - 1 PRECEDING AND CURRENT ROW){{ "," if not loop.last }}
 {%- endfor %}
+QUALIFY ts >= $start  -- the lookback rows only feed the windows

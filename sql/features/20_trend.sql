@@ -1,6 +1,6 @@
 -- relation: feat_trend
 -- family: trend
--- grain: one row per feat_base row (host x timestamp).
+-- grain: one row per feat_base row inside the interval [$start, $end) (host x timestamp).
 -- windows: 15m 1h
 -- columns:
 --   {metric}__slope_{window}  least-squares slope of the metric against time, per second, over the
@@ -26,26 +26,40 @@ WITH prev AS (
 {%- endfor %}
     FROM feat_base
     WINDOW w AS (PARTITION BY host ORDER BY ts)
+),
+slopes AS (
+    SELECT
+        host,
+        ts,
+    {%- for m in metrics %}{% set outer_last = loop.last %}
+    {%- for w in windows %}
+        regr_slope({{ m.name | ident }}, t) OVER w_{{ w.name }} AS {{ ("raw_slope_" ~ w.name ~ "__" ~ m.name) | ident }},
+    {%- endfor %}
+        CASE
+            WHEN {{ ("prev_ts__" ~ m.name) | ident }} IS NULL OR {{ ("prev_ts__" ~ m.name) | ident }} <= ts - INTERVAL 1 HOUR THEN NULL
+    {%- if m.kind == "counter" %}
+            WHEN {{ m.name | ident }} < {{ ("prev__" ~ m.name) | ident }}
+                THEN {{ m.name | ident }} / ((epoch_us(ts) - epoch_us({{ ("prev_ts__" ~ m.name) | ident }})) / 1e6)
+    {%- endif %}
+            ELSE ({{ m.name | ident }} - {{ ("prev__" ~ m.name) | ident }}) / ((epoch_us(ts) - epoch_us({{ ("prev_ts__" ~ m.name) | ident }})) / 1e6)
+        END AS {{ (m.name ~ "__rate") | ident }}{{ "," if not outer_last }}
+    {%- endfor %}
+    FROM prev
+    WINDOW
+    {%- for w in windows %}
+        w_{{ w.name }} AS (PARTITION BY host ORDER BY ts ROWS BETWEEN {{ ("rows_" ~ w.name) | ident }} - 1 PRECEDING AND CURRENT ROW){{ "," if not loop.last }}
+    {%- endfor %}
 )
+-- regr_slope gives NaN below 2 samples: that is NULL here
 SELECT
     host,
     ts,
 {%- for m in metrics %}{% set outer_last = loop.last %}
 {%- for w in windows %}
-    CASE WHEN count({{ m.name | ident }}) OVER w_{{ w.name }} >= 2
-         THEN regr_slope({{ m.name | ident }}, t) OVER w_{{ w.name }} END AS {{ (m.name ~ "__slope_" ~ w.name) | ident }},
+    CASE WHEN NOT isnan({{ ("raw_slope_" ~ w.name ~ "__" ~ m.name) | ident }}) THEN {{ ("raw_slope_" ~ w.name ~ "__" ~ m.name) | ident }} END
+        AS {{ (m.name ~ "__slope_" ~ w.name) | ident }},
 {%- endfor %}
-    CASE
-        WHEN {{ ("prev_ts__" ~ m.name) | ident }} IS NULL OR {{ ("prev_ts__" ~ m.name) | ident }} <= ts - INTERVAL 1 HOUR THEN NULL
-{%- if m.kind == "counter" %}
-        WHEN {{ m.name | ident }} < {{ ("prev__" ~ m.name) | ident }}
-            THEN {{ m.name | ident }} / ((epoch_us(ts) - epoch_us({{ ("prev_ts__" ~ m.name) | ident }})) / 1e6)
-{%- endif %}
-        ELSE ({{ m.name | ident }} - {{ ("prev__" ~ m.name) | ident }}) / ((epoch_us(ts) - epoch_us({{ ("prev_ts__" ~ m.name) | ident }})) / 1e6)
-    END AS {{ (m.name ~ "__rate") | ident }}{{ "," if not outer_last }}
+    {{ (m.name ~ "__rate") | ident }}{{ "," if not outer_last }}
 {%- endfor %}
-FROM prev
-WINDOW
-{%- for w in windows %}
-    w_{{ w.name }} AS (PARTITION BY host ORDER BY ts ROWS BETWEEN {{ ("rows_" ~ w.name) | ident }} - 1 PRECEDING AND CURRENT ROW){{ "," if not loop.last }}
-{%- endfor %}
+FROM slopes
+WHERE ts >= $start  -- the lookback rows only feed the windows

@@ -1,6 +1,6 @@
 -- relation: feat_deviation
 -- family: deviation
--- grain: one row per feat_base row (host x timestamp).
+-- grain: one row per feat_base row inside the interval [$start, $end) (host x timestamp).
 -- windows: 1h
 -- columns:
 --   {metric}__zscore_{window}  (value - window mean) / window standard deviation; NULL without a

@@ -8,48 +8,46 @@
 --   {metric}__diff_{lag}     value minus the value at the same time one lag earlier; NULL when
 --                            either is missing
 --   {metric}__missing_{lag}  TRUE when the metric has no sample at the same time one lag earlier
-WITH targets AS (
-    SELECT b.host, b.ts, c.metric
-    FROM feat_base AS b
-    CROSS JOIN (VALUES {% for m in metrics %}({{ m.name | literal }}){{ ", " if not loop.last }}{% endfor %}) AS c(metric)
-    WHERE b.ts >= $start
-),
-pasts AS (
+WITH
 {%- for l in lags %}
-    SELECT
-        t.host,
-        t.ts,
-        t.metric,
-        {{ l.name | literal }} AS lag,
-        CASE WHEN h.shifted_ts > t.ts - {{ tolerance }} THEN h.value END AS past
-    FROM targets AS t
-    ASOF LEFT JOIN (
-        SELECT host, metric, ts + {{ l.interval }} AS shifted_ts, value
-        FROM raw_metrics
-        WHERE source = $source AND ts > $start - {{ l.interval }} - {{ tolerance }} AND ts < $end - {{ l.interval }}
-    ) AS h
-        ON t.host = h.host AND t.metric = h.metric AND t.ts >= h.shifted_ts
-{%- if not loop.last %}
-    UNION ALL
-{%- endif %}
-{%- endfor %}
-),
-wide AS (
+history_{{ l.name }} AS (
+    -- the source's samples one lag back, one wide row per host and timestamp, moved forward by the lag
     SELECT
         host,
-        ts,
-{%- for m in metrics %}{% set outer_last = loop.last %}{% for l in lags %}
-        max(past) FILTER (WHERE metric = {{ m.name | literal }} AND lag = {{ l.name | literal }}) AS {{ ("past_" ~ l.name ~ "__" ~ m.name) | ident }}{{ "," if not (outer_last and loop.last) }}
-{%- endfor %}{% endfor %}
-    FROM pasts
+        ts + {{ l.interval }} AS shifted_ts,
+{%- for m in metrics %}
+        max(value) FILTER (WHERE metric = {{ m.name | literal }}) AS {{ m.name | ident }}{{ "," if not loop.last }}
+{%- endfor %}
+    FROM raw_metrics
+    WHERE source = $source AND ts > $start - {{ l.interval }} - {{ tolerance }} AND ts < $end - {{ l.interval }}
     GROUP BY host, ts
+),
+latest_{{ l.name }} AS (
+    -- per metric, the latest sample at or before each of those timestamps, and when it was taken
+    SELECT
+        host,
+        shifted_ts,
+{%- for m in metrics %}
+        last_value({{ m.name | ident }} IGNORE NULLS) OVER w AS {{ ("value__" ~ m.name) | ident }},
+        last_value(CASE WHEN {{ m.name | ident }} IS NOT NULL THEN shifted_ts END IGNORE NULLS) OVER w AS {{ ("at__" ~ m.name) | ident }}{{ "," if not loop.last }}
+{%- endfor %}
+    FROM history_{{ l.name }}
+    WINDOW w AS (PARTITION BY host ORDER BY shifted_ts ROWS UNBOUNDED PRECEDING)
+),
+{%- endfor %}
+targets AS (
+    SELECT * FROM feat_base WHERE ts >= $start
 )
 SELECT
-    b.host,
-    b.ts,
+    t.host,
+    t.ts,
 {%- for m in metrics %}{% set outer_last = loop.last %}{% for l in lags %}
-    b.{{ m.name | ident }} - w.{{ ("past_" ~ l.name ~ "__" ~ m.name) | ident }} AS {{ (m.name ~ "__diff_" ~ l.name) | ident }},
-    w.{{ ("past_" ~ l.name ~ "__" ~ m.name) | ident }} IS NULL AS {{ (m.name ~ "__missing_" ~ l.name) | ident }}{{ "," if not (outer_last and loop.last) }}
+    t.{{ m.name | ident }} - CASE WHEN l_{{ l.name }}.{{ ("at__" ~ m.name) | ident }} > t.ts - {{ tolerance }}
+        THEN l_{{ l.name }}.{{ ("value__" ~ m.name) | ident }} END AS {{ (m.name ~ "__diff_" ~ l.name) | ident }},
+    coalesce(l_{{ l.name }}.{{ ("at__" ~ m.name) | ident }} <= t.ts - {{ tolerance }}, TRUE) AS {{ (m.name ~ "__missing_" ~ l.name) | ident }}{{ "," if not (outer_last and loop.last) }}
 {%- endfor %}{% endfor %}
-FROM feat_base AS b
-JOIN wide AS w USING (host, ts)
+FROM targets AS t
+{%- for l in lags %}
+ASOF LEFT JOIN latest_{{ l.name }} AS l_{{ l.name }}
+    ON t.host = l_{{ l.name }}.host AND t.ts >= l_{{ l.name }}.shifted_ts
+{%- endfor %}

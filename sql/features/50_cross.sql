@@ -1,6 +1,6 @@
 -- relation: feat_cross
 -- family: cross
--- grain: one row per feat_base row (host x timestamp).
+-- grain: one row per feat_base row inside the interval [$start, $end) (host x timestamp).
 -- windows: 15m 1h
 -- Pairs come from ANOMALY_FEATURE_PAIRS and ratios from ANOMALY_FEATURE_RATIOS; a pair or ratio
 -- whose metrics are not both in metric_catalog is left out.
@@ -27,3 +27,4 @@ WINDOW
 {%- for w in windows %}
     w_{{ w.name }} AS (PARTITION BY host ORDER BY ts ROWS BETWEEN {{ ("rows_" ~ w.name) | ident }} - 1 PRECEDING AND CURRENT ROW){{ "," if not loop.last }}
 {%- endfor %}
+QUALIFY ts >= $start  -- the lookback rows only feed the windows

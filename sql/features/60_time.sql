@@ -1,6 +1,6 @@
 -- relation: feat_time
 -- family: time
--- grain: one row per feat_base row (host x timestamp).
+-- grain: one row per feat_base row inside the interval [$start, $end) (host x timestamp).
 -- All in UTC.
 -- columns:
 --   hour_sin    sin(2 pi x seconds since UTC midnight / 86400)
@@ -17,3 +17,4 @@ SELECT
     cos(2 * pi() * (isodow(ts) - 1) / 7) AS dow_cos,
     isodow(ts) >= 6 AS is_weekend
 FROM feat_base
+WHERE ts >= $start
