@@ -5,8 +5,14 @@
 -- Each window at t covers the samples with ts in (t - window, t]: defined by time, so gaps and
 -- irregular scrapes change the count, not the span. One shared frame per window size: the
 -- rows_<window> rows ending at the current one (see 00_base.sql), the same rows as the time range.
--- Counts are exact integers from a running count and a lag of rows_<window> rows, which costs a
--- third of a windowed count.
+-- Counts are exact integers: a running count minus its value rows_<window> rows earlier.
+-- Speed (100 hosts x 10 metrics x 1 day at 15 s, 2 cores): one RANGE frame per aggregate in the
+-- long layout took 53 s for these 150 columns; the wide layout with shared RANGE frames 38.6 s;
+-- ROWS frames sized by rows_<window> halve the frame cost (20.0 s -> 9.8 s for 60 columns in one
+-- run). Tried and dropped: running sums and lags for mean and std (std off by 3.8e-6 relative,
+-- and wrong for bursty metrics whose window sum cancels to a rounding error), and block-wise
+-- running min/max (a running window costs DuckDB as much as a framed one: 0.075 s per column).
+-- Timed one aggregate at a time, min, max and stddev_samp are three quarters of this file's time.
 -- columns:
 --   {metric}__count_{window}  samples of the metric in the window (0 when there are none)
 --   {metric}__mean_{window}   mean of the samples in the window
