@@ -9,7 +9,7 @@ export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 
-.PHONY: help env prometheus demo test lint format clean
+.PHONY: help env prometheus demo test bench-features lint format clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ demo: env prometheus ## simulate a fleet, serve it from Prometheus, ingest it th
 
 test: env prometheus ## run the whole test suite
 	$(UV) run --frozen pytest
+
+bench-features: env ## time the SQL features against pandas and polars (ARGS=--quick for a smoke run)
+	$(UV) run --frozen python -m bench.bench_features $(ARGS)
 
 lint: env ## ruff lint and format check
 	$(UV) run --frozen ruff check .
