@@ -302,10 +302,6 @@ def demo(hosts: int, days: float, source: str) -> None:
     run_demo(n_hosts=hosts, days=days, source=source)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 @main.group()
 def features() -> None:
     """Build, list, show and export the SQL features (sql/features/*.sql)."""
@@ -322,6 +318,7 @@ def features_build(source: str | None, start: str, end: str, step: str) -> None:
 
     from anomaly.features import FeatureError, build_features, intervals
     from anomaly.settings import get_settings
+    from anomaly.store import StoreError
 
     source = source or get_settings().source
     begin, finish = _parse_utc(start, "--start"), _parse_utc(end, "--end")
@@ -334,7 +331,7 @@ def features_build(source: str | None, start: str, end: str, step: str) -> None:
         for a, b in pieces:
             try:
                 report = build_features(source, a, b, f"manual__{datetime.now(UTC).isoformat()}")
-            except (FeatureError, ValueError) as exc:
+            except (FeatureError, StoreError, ValueError) as exc:
                 raise _CliError(str(exc)) from exc
             rows += report.rows
             progress.advance(bar)
@@ -342,6 +339,7 @@ def features_build(source: str | None, start: str, end: str, step: str) -> None:
 
 
 def _parse_step(text: str):
+    import math
     from datetime import timedelta
 
     units = {"m": 60, "h": 3600, "d": 86400}
@@ -349,8 +347,8 @@ def _parse_step(text: str):
         seconds = float(text[:-1]) * units[text[-1]]
     except (KeyError, ValueError, IndexError):
         raise _CliError(f"--step {text!r}: write a number and a unit m, h or d (e.g. 1h)") from None
-    if seconds <= 0:
-        raise _CliError(f"--step {text!r} must be positive")
+    if not math.isfinite(seconds) or seconds < 60:
+        raise _CliError(f"--step {text!r} must be at least one minute")
     return timedelta(seconds=seconds)
 
 
@@ -359,26 +357,41 @@ def features_list() -> None:
     """Print the feature catalog of the current metric catalog (name, family, window, file)."""
     import pandas as pd
 
-    from anomaly.features import FeatureContext, catalog
-    from anomaly.store import Lake
+    from anomaly.features import FeatureError, catalog
 
-    ctx = FeatureContext.from_catalog(Lake().metric_kinds())
+    ctx = _feature_context()
+    try:
+        specs = catalog(ctx)
+    except FeatureError as exc:
+        raise _CliError(str(exc)) from exc
     frame = pd.DataFrame(
-        [(s.name, s.family, s.window or "", s.source_file, s.description) for s in catalog(ctx)],
+        [(s.name, s.family, s.window or "", s.source_file, s.description) for s in specs],
         columns=["name", "family", "window", "source_file", "description"],
     )
     _print_table(frame, len(frame))
+
+
+def _feature_context():
+    from anomaly.features import FeatureContext, FeatureError
+    from anomaly.store import Lake, StoreError
+
+    try:
+        return FeatureContext.from_catalog(Lake().metric_kinds())
+    except (FeatureError, StoreError) as exc:
+        raise _CliError(str(exc)) from exc
 
 
 @features.command("sql")
 @click.argument("file", required=False)
 def features_sql(file: str | None) -> None:
     """Print the rendered SQL of one feature FILE (e.g. 10_rolling.sql), or of all of them."""
-    from anomaly.features import FeatureContext, feature_files, render
-    from anomaly.store import Lake
+    from anomaly.features import FeatureError, feature_files, render
 
-    ctx = FeatureContext.from_catalog(Lake().metric_kinds())
-    files = feature_files()
+    ctx = _feature_context()
+    try:
+        files = feature_files()
+    except FeatureError as exc:
+        raise _CliError(str(exc)) from exc
     chosen = [f for f in files if file in (None, f.name, f.relation)]
     if not chosen:
         raise _CliError(f"no feature file {file!r}; files: {', '.join(f.name for f in files)}")
@@ -414,3 +427,7 @@ def features_export(host, source, start, end, out: Path) -> None:
     except duckdb.CatalogException as exc:
         raise _CliError(f"no features yet ({exc}); build them with `anomaly features build`") from exc
     click.echo(f"wrote {n} rows to {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

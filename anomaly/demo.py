@@ -138,6 +138,7 @@ def _clear_other_demo_source(console, settings, other: str, start: datetime, end
     """A key may come from one live source only; an earlier demo run from the other source owns the
     window's keys (e.g. a first run before Prometheus was installed). Demo data only: clear it."""
     from anomaly import registry
+    from anomaly.features import delete_rows
     from anomaly.store import Lake
 
     lake = Lake(settings)
@@ -152,6 +153,7 @@ def _clear_other_demo_source(console, settings, other: str, start: datetime, end
                 f"DELETE FROM {registry.RAW_METRICS} WHERE source = ? AND ts >= ? AND ts < ?",
                 [other, start, end],
             )
+            delete_rows(con, "source = ? AND ts >= ? AND ts < ?", [other, start, end])
         return n
 
     cleared = lake.write(work, what="clear earlier demo rows")

@@ -53,6 +53,13 @@ LOOKBACK = timedelta(seconds=max(WINDOW_SECONDS.values()))
 class FeatureError(RuntimeError):
     """A feature file or build failed; the message names the file and the interval."""
 
+    retryable = False  # Lake.write must not re-run a build whose SQL is wrong
+
+
+# Column names the feature SQL uses itself; a metric may not take them, nor contain "__" (the
+# separator of feature names and of the SQL's helper columns).
+RESERVED = {"host", "ts", "source", *(f"rows_{w}" for w in WINDOW_SECONDS)}
+
 
 @dataclass(frozen=True)
 class Window:
@@ -145,20 +152,30 @@ class FeatureContext:
     @classmethod
     def from_catalog(cls, kinds: dict[str, str], settings: Settings | None = None) -> FeatureContext:
         settings = settings or get_settings()
+        seen: dict[str, str] = {}
         for name in kinds:
-            if not _NAME.fullmatch(name):
+            if not _NAME.fullmatch(name) or "__" in name or name.lower() in RESERVED:
                 raise FeatureError(
-                    f"metric name {name!r} in metric_catalog cannot name a feature column "
-                    "(letters, digits and '_', not starting with a digit)"
+                    f"metric name {name!r} in metric_catalog cannot name feature columns: use letters, "
+                    f"digits and single '_', not starting with a digit, and none of {sorted(RESERVED)}"
                 )
+            if name.lower() in seen:  # DuckDB matches identifiers case-insensitively
+                raise FeatureError(f"metrics {seen[name.lower()]!r} and {name!r} differ only in case")
+            seen[name.lower()] = name
         metrics = tuple(MetricRef(n, kinds[n]) for n in sorted(kinds))
-        pairs = tuple(
-            Pair(a, b) for a, b in parse_pairs(settings.feature_pairs, ":") if a in kinds and b in kinds
-        )
-        ratios = tuple(
-            Ratio(n, d) for n, d in parse_pairs(settings.feature_ratios, "/") if n in kinds and d in kinds
-        )
-        return cls(metrics, pairs, ratios)
+        pairs: list[Pair] = []
+        ratios: list[Ratio] = []
+        wanted = [(a, b, ":", Pair, pairs) for a, b in parse_pairs(settings.feature_pairs, ":")]
+        wanted += [(a, b, "/", Ratio, ratios) for a, b in parse_pairs(settings.feature_ratios, "/")]
+        for a, b, sep, kind, out in wanted:
+            missing = [m for m in (a, b) if m not in kinds]
+            if missing:
+                log.warning(
+                    "feature %s%s%s left out: %s not in metric_catalog", a, sep, b, ", ".join(missing)
+                )
+                continue
+            out.append(kind(a, b))
+        return cls(metrics, tuple(pairs), tuple(ratios))
 
 
 def parse_pairs(text: str, sep: str) -> list[tuple[str, str]]:
@@ -205,8 +222,11 @@ def parse_header(path: Path) -> FeatureFile:
             f"{path.name}: the header must state relation, family, grain and columns "
             f"(missing: {', '.join(missing + ([] if columns else ['columns']))})"
         )
-    if not _NAME.fullmatch(keys["relation"]):
-        raise FeatureError(f"{path.name}: relation {keys['relation']!r} is not a plain name")
+    if not re.fullmatch(r"feat_[a-z0-9_]+", keys["relation"]) or keys["relation"] == "feat_out":
+        raise FeatureError(
+            f"{path.name}: relation {keys['relation']!r} must be named feat_<something> (and not feat_out), "
+            "so it cannot shadow a lake table"
+        )
     try:
         windows = tuple(Window(w, WINDOW_SECONDS[w]) for w in keys.get("windows", "").split())
         lags = tuple(Lag(lag, LAG_SECONDS[lag]) for lag in keys.get("lags", "").split())
@@ -348,6 +368,7 @@ def compute(
     ``con`` must see ``raw_metrics`` (the lake, or any DuckDB database with that table).
     """
     files = files if files is not None else feature_files()
+    con.execute("SET TimeZone = 'UTC'")  # the time features read the wall clock in UTC
     report = BuildReport(source, start, end)
     params = {"source": source, "start": start, "end": end, "read_start": start - LOOKBACK}
     interval = f"[{start.isoformat()}, {end.isoformat()})"
@@ -425,13 +446,13 @@ def build_features(
         report: BuildReport = state["report"]
         specs = catalog(state["ctx"], files)
         _ensure_table(con, specs)
-        con.execute(
+        state["deleted"] = con.execute(
             f"DELETE FROM {registry.FEATURES} WHERE source = $source AND ts >= $start AND ts < $end",
             {"source": source, "start": start, "end": end},
-        )
+        ).fetchone()[0]
         cols = ", ".join(["source", "host", "ts"] + [_ident(s.name) for s in specs])
         con.execute(f"INSERT INTO {registry.FEATURES} ({cols}) SELECT {cols} FROM feat_out")
-        _write_catalog(con, specs)
+        _write_catalog(con, specs, files)
         con.execute(
             f"INSERT INTO {registry.FEATURE_LOG} VALUES ($run_id, $source, $start, $end, $rows, $hosts, "
             "$features, $seconds, now())",
@@ -455,10 +476,11 @@ def build_features(
     )
     if report.rows == 0:
         log.warning(
-            "no raw data of source %r in [%s, %s): no feature rows written (earlier rows of the interval removed)",
+            "no raw data of source %r in [%s, %s): no feature rows written%s",
             source,
             start.isoformat(),
             end.isoformat(),
+            f" ({state['deleted']} earlier rows of the interval removed)" if state.get("deleted") else "",
         )
     else:
         log.info(
@@ -477,32 +499,74 @@ def build_features(
 def _ensure_table(con: duckdb.DuckDBPyConnection, specs: Sequence[FeatureSpec]) -> None:
     """Create ``features`` from ``feat_out``'s types, or add the columns a new metric brings."""
     types = {row[0]: row[1] for row in con.execute("DESCRIBE feat_out").fetchall()}
-    exists = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = $db AND table_name = $t",
-        {"db": registry.LAKE_ALIAS, "t": registry.FEATURES},
-    ).fetchone()[0]
-    if not exists:
+    if not table_exists(con):
         con.execute(f"CREATE TABLE {registry.FEATURES} AS SELECT * FROM feat_out LIMIT 0")
         return
     have = set(_columns(con, registry.FEATURES))
-    for s in specs:
-        if s.name not in have:
-            con.execute(f"ALTER TABLE {registry.FEATURES} ADD COLUMN {_ident(s.name)} {types[s.name]}")
+    added = [s.name for s in specs if s.name not in have]
+    for name in added:
+        con.execute(f"ALTER TABLE {registry.FEATURES} ADD COLUMN {_ident(name)} {types[name]}")
+    if added:
+        log.warning(
+            "added %d feature column(s) to %s (%s%s): rows built earlier hold NULL there; rebuild them "
+            "with `anomaly features build`",
+            len(added),
+            registry.FEATURES,
+            ", ".join(added[:5]),
+            ", ..." if len(added) > 5 else "",
+        )
 
 
-def _write_catalog(con: duckdb.DuckDBPyConnection, specs: Sequence[FeatureSpec]) -> None:
-    con.execute(f"DELETE FROM {registry.FEATURE_CATALOG}")
-    con.executemany(
-        f"INSERT INTO {registry.FEATURE_CATALOG} VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (i, s.name, s.family, s.metric, s.window, s.source_file, s.description)
-            for i, s in enumerate(specs)
-        ],
+def table_exists(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the lake has a ``features`` table yet (the first build creates it)."""
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = $db AND table_name = $t",
+            {"db": registry.LAKE_ALIAS, "t": registry.FEATURES},
+        ).fetchone()[0]
     )
+
+
+def delete_rows(con: duckdb.DuckDBPyConnection, where: str, params: Sequence[Any]) -> None:
+    """``DELETE FROM features WHERE <where>`` when the table exists: whoever removes raw rows
+    removes their features in the same transaction."""
+    if table_exists(con):
+        con.execute(f"DELETE FROM {registry.FEATURES} WHERE {where}", params)
+
+
+def _write_catalog(
+    con: duckdb.DuckDBPyConnection, specs: Sequence[FeatureSpec], files: Sequence[FeatureFile] | None = None
+) -> None:
+    """Describe every column of ``features``: this build's specs, and as they were the columns
+    earlier builds added that this one does not produce (a metric since removed, say).
+    ``position`` is the column's place in the table. An unchanged catalog is not rewritten."""
+    keys = ("source", "host", "ts")
+    position = {
+        name: i for i, name in enumerate(c for c in _columns(con, registry.FEATURES) if c not in keys)
+    }
+    by_name = {
+        row[0]: row
+        for row in con.execute(
+            f'SELECT name, family, metric, "window", source_file, description FROM {registry.FEATURE_CATALOG}'
+        ).fetchall()
+    }
+    for s in specs:
+        by_name[s.name] = (s.name, s.family, s.metric, s.window, s.source_file, s.description)
+    rows = sorted((position[name], *row) for name, row in by_name.items() if name in position)
+    current = [
+        tuple(r)
+        for r in con.execute(f"SELECT * FROM {registry.FEATURE_CATALOG} ORDER BY position").fetchall()
+    ]
+    if current == rows:
+        return
+    con.execute(f"DELETE FROM {registry.FEATURE_CATALOG}")
+    con.executemany(f"INSERT INTO {registry.FEATURE_CATALOG} VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def intervals(start: datetime, end: datetime, step: timedelta) -> list[tuple[datetime, datetime]]:
     """``[start, end)`` cut into ``step``-long pieces (the last may be shorter)."""
+    if step <= timedelta(0):
+        raise FeatureError(f"the step must be positive, got {step}")
     out, t = [], start
     while t < end:
         out.append((t, min(t + step, end)))
@@ -541,6 +605,11 @@ def export(
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise FeatureError(f"{path}: export writes .parquet or .csv files, not {suffix or 'no suffix'!r}")
+    if start is not None and end is not None and end <= start:
+        raise FeatureError(f"empty range: end {end.isoformat()} is not after start {start.isoformat()}")
     where, params = [], {}
     for col, op, value in (
         ("host", "=", host),
@@ -560,14 +629,11 @@ def export(
         table = con.execute(sql, params).fetch_arrow_table()
     finally:
         con.close()
-    suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".parquet":
         pq.write_table(table, path)
-    elif suffix == ".csv":
-        pa_csv.write_csv(table, path)
     else:
-        raise FeatureError(f"{path}: export writes .parquet or .csv files, not {suffix or 'no suffix'!r}")
+        pa_csv.write_csv(table, path)
     return table.num_rows
 
 

@@ -112,8 +112,9 @@ def _sqlite_wal(path: Path) -> None:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Whether ``exc`` is a lost commit race that a retry may win."""
-    return _RETRYABLE.search(str(exc)) is not None
+    """Whether ``exc`` is a lost commit race that a retry may win (an error may say it is not,
+    with ``retryable = False``, whatever its text)."""
+    return getattr(exc, "retryable", True) and _RETRYABLE.search(str(exc)) is not None
 
 
 class Lake:
@@ -280,7 +281,8 @@ class Lake:
 
         ``prepare(con)``, if given, runs first on the same connection, under the lock but outside
         the transaction: heavy reads into temp tables go there (DuckLake scans inside a
-        transaction can plan much worse: an ASOF join took 22 s instead of 0.9 s).
+        transaction can plan much worse: an ASOF join took 22 s instead of 0.9 s). It must not
+        write to the lake, and it runs again on a retry.
         ``work`` must be idempotent (delete-then-insert), since a retry runs it again.
         """
         self.init()

@@ -19,12 +19,17 @@ Tasks: `ingest` >> `build_features`.
   only the interval), and an Asset-triggered run has no data interval of its own. Running it
   as the next task of the same run keeps interval, retries and backfills aligned: backfilling
   ingest backfills features, and a failed ingest never feeds features a partial interval.
-  Validation (its own tasks) sits between the two.
+  `build_features` has `depends_on_past`: it waits for the previous interval's build, and so
+  for its ingest, since its first hour reads the hour before. Data that arrives after an
+  interval was built (a re-ingest, a late fix) makes the next hour's features and the seasonal
+  columns a day and a week later stale: rebuild that range with `anomaly features build`.
+  Validation tasks will sit between the two (they belong to the validation issue).
 * **Idempotent**: a re-run or an overlapping backfill leaves the same rows; a failed run
   leaves the interval as it was.
 * **Schedule**: hourly by default (`ANOMALY_INGEST_SCHEDULE`, a cron in UTC); catchup off
   (`ANOMALY_INGEST_CATCHUP`). Backfill any past range with
-  `airflow backfill create --dag-id ingest_metrics --from-date ... --to-date ...` or the UI.
+  `airflow backfill create --dag-id ingest_metrics --from-date ... --to-date ... --reprocess-behavior failed`
+  (Airflow asks for a reprocess behaviour because `build_features` depends on the past) or the UI.
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ def ingest_metrics() -> None:
         report = ingest_interval(params["source"], start, end, run_id, allow_shrink=params["allow_shrink"])
         return report.as_dict()
 
-    @task(outlets=[features])
+    @task(outlets=[features], depends_on_past=True)
     def build_features(
         data_interval_start=None, data_interval_end=None, run_id=None, params=None, dag_run=None, dag=None
     ):

@@ -73,13 +73,16 @@ _DATASET_NAME = re.compile(r"[A-Za-z0-9_.+:-]{1,80}")
 
 
 def _clear_outside(lake: Lake, source: str, start: datetime, end: datetime) -> None:
-    """Delete a derived dataset's rows outside its new range (they would carry unlabelled faults)."""
+    """Delete a derived dataset's rows outside its new range (they would carry unlabelled faults),
+    and their features."""
+    from anomaly.features import delete_rows
 
     def work(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(
             f"DELETE FROM {registry.RAW_METRICS} WHERE source = ? AND (ts < ? OR ts >= ?)",
             [source, start, end],
         )
+        delete_rows(con, "source = ? AND (ts < ? OR ts >= ?)", [source, start, end])
 
     lake.write(work, what=f"clear {source} outside its range")
 

@@ -15,7 +15,7 @@ WITH prev AS (
     SELECT
         host,
         ts,
-        (epoch_us(ts) - epoch_us($start)) / 1e6 AS t,
+        (epoch_us(ts) - epoch_us($start)) / 1e6 AS t__seconds,
 {%- for w in windows %}
         {{ ("rows_" ~ w.name) | ident }},
 {%- endfor %}
@@ -33,7 +33,7 @@ slopes AS (
         ts,
     {%- for m in metrics %}{% set outer_last = loop.last %}
     {%- for w in windows %}
-        regr_slope({{ m.name | ident }}, t) OVER w_{{ w.name }} AS {{ ("raw_slope_" ~ w.name ~ "__" ~ m.name) | ident }},
+        regr_slope({{ m.name | ident }}, t__seconds) OVER w_{{ w.name }} AS {{ ("raw_slope_" ~ w.name ~ "__" ~ m.name) | ident }},
     {%- endfor %}
         CASE
             WHEN {{ ("prev_ts__" ~ m.name) | ident }} IS NULL OR {{ ("prev_ts__" ~ m.name) | ident }} <= ts - INTERVAL 1 HOUR THEN NULL

@@ -14,7 +14,7 @@ history_{{ l.name }} AS (
     -- the source's samples one lag back, one wide row per host and timestamp, moved forward by the lag
     SELECT
         host,
-        ts + {{ l.interval }} AS shifted_ts,
+        ts + {{ l.interval }} AS shifted__ts,
 {%- for m in metrics %}
         max(value) FILTER (WHERE metric = {{ m.name | literal }}) AS {{ m.name | ident }}{{ "," if not loop.last }}
 {%- endfor %}
@@ -26,13 +26,13 @@ latest_{{ l.name }} AS (
     -- per metric, the latest sample at or before each of those timestamps, and when it was taken
     SELECT
         host,
-        shifted_ts,
+        shifted__ts,
 {%- for m in metrics %}
         last_value({{ m.name | ident }} IGNORE NULLS) OVER w AS {{ ("value__" ~ m.name) | ident }},
-        last_value(CASE WHEN {{ m.name | ident }} IS NOT NULL THEN shifted_ts END IGNORE NULLS) OVER w AS {{ ("at__" ~ m.name) | ident }}{{ "," if not loop.last }}
+        last_value(CASE WHEN {{ m.name | ident }} IS NOT NULL THEN shifted__ts END IGNORE NULLS) OVER w AS {{ ("at__" ~ m.name) | ident }}{{ "," if not loop.last }}
 {%- endfor %}
     FROM history_{{ l.name }}
-    WINDOW w AS (PARTITION BY host ORDER BY shifted_ts ROWS UNBOUNDED PRECEDING)
+    WINDOW w AS (PARTITION BY host ORDER BY shifted__ts ROWS UNBOUNDED PRECEDING)
 ),
 {%- endfor %}
 targets AS (
@@ -49,5 +49,5 @@ SELECT
 FROM targets AS t
 {%- for l in lags %}
 ASOF LEFT JOIN latest_{{ l.name }} AS l_{{ l.name }}
-    ON t.host = l_{{ l.name }}.host AND t.ts >= l_{{ l.name }}.shifted_ts
+    ON t.host = l_{{ l.name }}.host AND t.ts >= l_{{ l.name }}.shifted__ts
 {%- endfor %}

@@ -23,8 +23,14 @@ SELECT
     {{ r.num | ident }} / nullif({{ r.den | ident }}, 0) AS {{ r.name | ident }}
 {%- endfor %}
 FROM feat_base
+{%- if pairs %}
 WINDOW
 {%- for w in windows %}
     w_{{ w.name }} AS (PARTITION BY host ORDER BY ts ROWS BETWEEN {{ ("rows_" ~ w.name) | ident }} - 1 PRECEDING AND CURRENT ROW){{ "," if not loop.last }}
 {%- endfor %}
+{%- endif %}
+{%- if pairs %}
 QUALIFY ts >= $start  -- the lookback rows only feed the windows
+{%- else %}
+WHERE ts >= $start
+{%- endif %}

@@ -11,10 +11,10 @@
 SELECT
     host,
     ts,
-    sin(2 * pi() * ((epoch_us(ts) - epoch_us(date_trunc('day', ts))) / 1e6) / 86400) AS hour_sin,
-    cos(2 * pi() * ((epoch_us(ts) - epoch_us(date_trunc('day', ts))) / 1e6) / 86400) AS hour_cos,
-    sin(2 * pi() * (isodow(ts) - 1) / 7) AS dow_sin,
-    cos(2 * pi() * (isodow(ts) - 1) / 7) AS dow_cos,
-    isodow(ts) >= 6 AS is_weekend
+    sin(2 * pi() * ((epoch_us(ts) - epoch_us(date_trunc('day', timezone('UTC', ts)))) / 1e6) / 86400) AS hour_sin,
+    cos(2 * pi() * ((epoch_us(ts) - epoch_us(date_trunc('day', timezone('UTC', ts)))) / 1e6) / 86400) AS hour_cos,
+    sin(2 * pi() * (isodow(timezone('UTC', ts)) - 1) / 7) AS dow_sin,
+    cos(2 * pi() * (isodow(timezone('UTC', ts)) - 1) / 7) AS dow_cos,
+    isodow(timezone('UTC', ts)) >= 6 AS is_weekend
 FROM feat_base
 WHERE ts >= $start

@@ -99,10 +99,13 @@ def test_changing_rows_after_t_leaves_features_up_to_t_unchanged(lake, cut_minut
     """Everything after t is rewritten (values scaled, rows removed, new rows and a new host
     added): no feature at or before t moves."""
     start, end = T0 + timedelta(hours=1), T0 + timedelta(hours=2)
-    raw = raw_frame(T0, end)
+    # a week and a day of history, so the seasonal columns hold values, not only NULL and TRUE
+    raw = pd.concat([raw_frame(T0 - timedelta(days=8), T0 - timedelta(days=6), seed=5), raw_frame(T0, end)])
     insert(lake, raw)
     F.build_features(SRC, start, end, lake=lake)
     before = stored(lake)
+    assert not before["cpu_util__missing_7d"].any() and before["cpu_util__missing_1d"].all()
+    assert before["cpu_util__diff_7d"].notna().sum() > 100
     t = T0 + timedelta(minutes=cut_minutes, seconds=17)
 
     rng = np.random.default_rng(cut_minutes)
@@ -240,7 +243,7 @@ def test_a_file_whose_columns_differ_from_its_header_is_refused(lake, tmp_path) 
     changed = tmp_path / "features"
     shutil.copytree(F.features_dir(), changed)
     path = changed / "60_time.sql"
-    path.write_text(path.read_text().replace("isodow(ts) >= 6 AS is_weekend", "isodow(ts) >= 6 AS weekend"))
+    path.write_text(path.read_text().replace("AS is_weekend", "AS weekend"))
     with pytest.raises(F.FeatureError, match=r"60_time.sql.*undeclared.*weekend.*missing.*is_weekend"):
         F.build_features(SRC, T0, T0 + timedelta(hours=1), lake=lake, files=F.feature_files(changed))
 
@@ -301,3 +304,83 @@ def test_the_readme_example_of_adding_a_feature_works(lake, tmp_path) -> None:
     )  # added column, old rows
     row = lake.query("SELECT * FROM feature_catalog WHERE name = 'cpu_util__range_15m'").iloc[0]
     assert (row["family"], row["window"], row["source_file"]) == ("spread", "15m", "70_spread.sql")
+
+
+def test_a_failure_after_the_delete_rolls_the_interval_back(lake, monkeypatch) -> None:
+    """The transaction has already deleted the interval's rows when the catalog write fails:
+    features, feature_log and feature_catalog are as before."""
+    insert(lake, raw_frame(T0, T0 + timedelta(hours=2)))
+    start, end = T0 + timedelta(hours=1), T0 + timedelta(hours=2)
+    F.build_features(SRC, start, end, lake=lake)
+    before = stored(lake)
+    tables = lambda: (  # noqa: E731
+        lake.query("SELECT count(*) AS n FROM feature_log").iloc[0]["n"],
+        lake.query("SELECT * FROM feature_catalog ORDER BY position"),
+    )
+    log_before, catalog_before = tables()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full while writing the catalog")
+
+    monkeypatch.setattr(F, "_write_catalog", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        F.build_features(SRC, start, end, lake=lake)
+    assert_same_features(before, stored(lake))
+    log_after, catalog_after = tables()
+    assert log_after == log_before
+    pd.testing.assert_frame_equal(catalog_before, catalog_after)
+
+
+def test_no_pairs_and_no_ratios_still_build(lake, monkeypatch) -> None:
+    from anomaly.settings import get_settings
+
+    monkeypatch.setenv("ANOMALY_FEATURE_PAIRS", "")
+    monkeypatch.setenv("ANOMALY_FEATURE_RATIOS", "cpu_util/no_such_metric")
+    get_settings.cache_clear()
+    insert(lake, raw_frame(T0, T0 + timedelta(hours=1)))
+    from anomaly.store import Lake
+
+    report = F.build_features(SRC, T0, T0 + timedelta(hours=1), lake=Lake())
+    assert report.rows > 0
+    cols = lake.query("SELECT * FROM features LIMIT 0").columns
+    assert not [c for c in cols if c.startswith("corr__") or "_per_" in c]
+
+
+@pytest.mark.parametrize("name", ["ts", "HOST", "rows_5m", "cpu__util", "CPU_UTIL"])
+def test_metric_names_that_would_break_the_sql_are_refused(name) -> None:
+    kinds = {"cpu_util": "ratio", name: "gauge"}
+    with pytest.raises(F.FeatureError, match=name):
+        F.FeatureContext.from_catalog(kinds)
+
+
+def test_a_new_metric_adds_columns_and_keeps_the_catalog_in_table_order(lake, caplog) -> None:
+    insert(lake, raw_frame(T0, T0 + timedelta(hours=2)))
+    F.build_features(SRC, T0, T0 + timedelta(hours=1), lake=lake)
+    lake.write(
+        lambda con: con.execute(
+            "INSERT INTO metric_catalog VALUES ('gpu_util', 'ratio', 'ratio', 'GPU busy share', 'user')"
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="anomaly.features"):
+        F.build_features(SRC, T0 + timedelta(hours=1), T0 + timedelta(hours=2), lake=lake)
+    assert any("gpu_util" in r.getMessage() and "rebuild" in r.getMessage() for r in caplog.records)
+    cols = [c for c in lake.query("SELECT * FROM features LIMIT 0").columns if c not in KEYS]
+    cat = lake.query("SELECT name, position FROM feature_catalog ORDER BY position")
+    assert list(cat["name"]) == cols and list(cat["position"]) == list(range(len(cols)))
+    assert "gpu_util__mean_1h" in cols
+    # the metric has no samples: NULL features, count 0 in the new rows
+    new = lake.query(
+        "SELECT gpu_util__count_1h AS n, gpu_util__mean_1h AS m FROM features WHERE ts >= ?",
+        [T0 + timedelta(hours=1)],
+    )
+    assert (new["n"] == 0).all() and new["m"].isna().all()
+
+
+def test_feature_files_must_name_feat_relations(tmp_path) -> None:
+    folder = tmp_path / "features"
+    shutil.copytree(F.features_dir(), folder)
+    (folder / "70_x.sql").write_text(
+        "-- relation: raw_metrics\n-- family: x\n-- grain: x\n-- columns:\n--   x  y z\nSELECT 1\n"
+    )
+    with pytest.raises(F.FeatureError, match=r"70_x\.sql.*feat_"):
+        F.feature_files(folder)
