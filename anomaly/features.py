@@ -625,16 +625,22 @@ def export(
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY source, host, ts"
     con = lake._connect_retrying(read_only=True)
+    rows = 0
+    partial = path.with_name(path.name + ".partial")
     try:
-        table = con.execute(sql, params).fetch_arrow_table()
+        # streamed batch by batch: a month of a fleet does not have to fit in memory
+        reader = con.execute(sql, params).to_arrow_reader(100_000)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer_cls = pq.ParquetWriter if suffix == ".parquet" else pa_csv.CSVWriter
+        with writer_cls(str(partial), reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        partial.replace(path)  # a failed export leaves no half-written file under the name
     finally:
         con.close()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        pq.write_table(table, path)
-    else:
-        pa_csv.write_csv(table, path)
-    return table.num_rows
+        partial.unlink(missing_ok=True)
+    return rows
 
 
 def frame(con: duckdb.DuckDBPyConnection, table: str = "feat_out") -> pd.DataFrame:

@@ -384,3 +384,58 @@ def test_feature_files_must_name_feat_relations(tmp_path) -> None:
     )
     with pytest.raises(F.FeatureError, match=r"70_x\.sql.*feat_"):
         F.feature_files(folder)
+
+
+def test_cli_builds_queries_and_exports_a_hosts_features(lake, tmp_path) -> None:
+    """`anomaly features build`, `anomaly sql ... from features`, and `anomaly features export`
+    to Parquet and CSV give the lake's rows of that host and range."""
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from anomaly.cli import main
+
+    insert(lake, raw_frame(T0, T0 + timedelta(hours=3)))
+    runner = CliRunner()
+    built = runner.invoke(
+        main,
+        ["features", "build", "--source", SRC, "--start", "2026-03-02T00:00Z", "--end", "2026-03-02T03:00Z"],
+    )
+    assert built.exit_code == 0, built.output
+    assert "built 3 interval(s)" in built.output
+    query = "select host, ts, cpu_util__mean_5m from features where host = 'a' order by ts desc limit 5"
+    shown = runner.invoke(main, ["sql", "--format", "csv", query])
+    assert shown.exit_code == 0, shown.output
+    assert len(shown.output.strip().splitlines()) == 6
+
+    expected = lake.query(
+        "SELECT * FROM features WHERE host = 'a' AND ts >= ? AND ts < ? ORDER BY ts",
+        [T0 + timedelta(hours=1), T0 + timedelta(hours=2)],
+    )
+    for name in ("a.parquet", "a.csv"):
+        out = tmp_path / "exports" / name
+        args = [
+            "features",
+            "export",
+            "--host",
+            "a",
+            "--start",
+            "2026-03-02T01:00Z",
+            "--end",
+            "2026-03-02T02:00Z",
+        ]
+        result = runner.invoke(main, [*args, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert f"wrote {len(expected)} rows" in result.output
+        got = pq.read_table(out).to_pandas() if name.endswith(".parquet") else pd.read_csv(out)
+        assert len(got) == len(expected) > 50 and list(got.columns) == list(expected.columns)
+        assert np.allclose(got["cpu_util__std_15m"], expected["cpu_util__std_15m"], equal_nan=True)
+    assert not list((tmp_path / "exports").glob("*.partial"))
+
+    bad = runner.invoke(main, ["features", "export", "--out", str(tmp_path / "x.txt")])
+    assert bad.exit_code == 1 and "export writes .parquet or .csv" in bad.output
+    assert not (tmp_path / "x.txt").exists()
+    step = runner.invoke(
+        main,
+        ["features", "build", "--start", "2026-03-02T00:00Z", "--end", "2026-03-02T01:00Z", "--step", "0.5m"],
+    )
+    assert step.exit_code == 1 and "at least one minute" in step.output
