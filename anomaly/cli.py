@@ -316,7 +316,7 @@ def features_build(source: str | None, start: str, end: str, step: str) -> None:
     """Build the features of [START, END), one STEP-long interval at a time (a backfill)."""
     from rich.progress import Progress
 
-    from anomaly.features import FeatureError, build_features, intervals
+    from anomaly.features import FeatureError, build_range
     from anomaly.settings import get_settings
     from anomaly.store import StoreError
 
@@ -324,18 +324,27 @@ def features_build(source: str | None, start: str, end: str, step: str) -> None:
     begin, finish = _parse_utc(start, "--start"), _parse_utc(end, "--end")
     if finish <= begin:
         raise _CliError(f"--end {end} is not after --start {start}")
-    pieces = intervals(begin, finish, _parse_step(step))
-    rows = 0
     with Progress(transient=True) as progress:
-        bar = progress.add_task(f"features of {source}", total=len(pieces))
-        for a, b in pieces:
-            try:
-                report = build_features(source, a, b, f"manual__{datetime.now(UTC).isoformat()}")
-            except (FeatureError, StoreError, ValueError) as exc:
-                raise _CliError(str(exc)) from exc
-            rows += report.rows
-            progress.advance(bar)
-    click.echo(f"built {len(pieces)} interval(s) of {source!r}: {rows} rows, {report.features} features")
+        bar = progress.add_task(f"features of {source}", total=None)
+
+        def advance(total: int, _report) -> None:
+            progress.update(bar, total=total, advance=1)
+
+        try:
+            reports = build_range(
+                source,
+                begin,
+                finish,
+                _parse_step(step),
+                f"manual__{datetime.now(UTC).isoformat()}",
+                progress=advance,
+            )
+        except (FeatureError, StoreError, ValueError) as exc:
+            raise _CliError(str(exc)) from exc
+    rows = sum(r.rows for r in reports)
+    click.echo(
+        f"built {len(reports)} interval(s) of {source!r}: {rows} rows, {reports[-1].features} features"
+    )
 
 
 def _parse_step(text: str):

@@ -33,7 +33,6 @@ from anomaly.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     import duckdb
-    import pandas as pd
 
     from anomaly.store import Lake
 
@@ -339,6 +338,7 @@ class BuildReport:
     hosts: int = 0
     features: int = 0
     seconds: float = 0.0
+    specs: list[FeatureSpec] = field(default_factory=list)  # the columns of feat_out, in order
     timings: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -372,6 +372,7 @@ def compute(
     report = BuildReport(source, start, end)
     params = {"source": source, "start": start, "end": end, "read_start": start - LOOKBACK}
     interval = f"[{start.isoformat()}, {end.isoformat()})"
+    specs = catalog(ctx, files)
     t0 = time.perf_counter()
     for file in files:
         t = time.perf_counter()
@@ -385,7 +386,7 @@ def compute(
                 f"feature file {file.name} failed for interval {interval} of {source!r}: {exc}"
             ) from exc
         report.timings[file.name] = time.perf_counter() - t
-        declared = [s.name for s in expand(file, ctx)]
+        declared = [s.name for s in specs if s.source_file == file.name]
         got = [c for c in _columns(con, file.relation) if c not in ("host", "ts")]
         if sorted(got) != sorted(declared):
             extra, missing = sorted(set(got) - set(declared)), sorted(set(declared) - set(got))
@@ -393,7 +394,6 @@ def compute(
                 f"feature file {file.name}: relation {file.relation} does not match its header "
                 f"(undeclared or repeated columns: {extra[:10] or 'repeated'}, declared but missing: {missing[:10]})"
             )
-    specs = catalog(ctx, files)
     joins = " ".join(f"JOIN {f.relation} USING (host, ts)" for f in files[1:])
     cols = ", ".join(_ident(s.name) for s in specs)
     t = time.perf_counter()
@@ -405,6 +405,7 @@ def compute(
     report.timings["assemble"] = time.perf_counter() - t
     report.rows, report.hosts = con.execute(f"SELECT count(*), count(DISTINCT host) FROM {out}").fetchone()
     report.features = len(specs)
+    report.specs = specs
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -434,17 +435,18 @@ def build_features(
     require_aware(start, end)
     start, end = to_utc(start), to_utc(end)
     lake = lake or Lake()
+    files = files if files is not None else feature_files()
 
     state: dict[str, Any] = {}
 
     def prepare(con: duckdb.DuckDBPyConnection) -> None:
         kinds = dict(con.execute(f"SELECT name, kind FROM {registry.METRIC_CATALOG}").fetchall())
-        state["ctx"] = ctx = FeatureContext.from_catalog(kinds, lake.settings)
+        ctx = FeatureContext.from_catalog(kinds, lake.settings)
         state["report"] = compute(con, source, start, end, ctx, files)
 
     def work(con: duckdb.DuckDBPyConnection) -> BuildReport:
         report: BuildReport = state["report"]
-        specs = catalog(state["ctx"], files)
+        specs = report.specs
         _ensure_table(con, specs)
         state["deleted"] = con.execute(
             f"DELETE FROM {registry.FEATURES} WHERE source = $source AND ts >= $start AND ts < $end",
@@ -452,7 +454,7 @@ def build_features(
         ).fetchone()[0]
         cols = ", ".join(["source", "host", "ts"] + [_ident(s.name) for s in specs])
         con.execute(f"INSERT INTO {registry.FEATURES} ({cols}) SELECT {cols} FROM feat_out")
-        _write_catalog(con, specs, files)
+        _write_catalog(con, specs)
         con.execute(
             f"INSERT INTO {registry.FEATURE_LOG} VALUES ($run_id, $source, $start, $end, $rows, $hosts, "
             "$features, $seconds, now())",
@@ -534,9 +536,7 @@ def delete_rows(con: duckdb.DuckDBPyConnection, where: str, params: Sequence[Any
         con.execute(f"DELETE FROM {registry.FEATURES} WHERE {where}", params)
 
 
-def _write_catalog(
-    con: duckdb.DuckDBPyConnection, specs: Sequence[FeatureSpec], files: Sequence[FeatureFile] | None = None
-) -> None:
+def _write_catalog(con: duckdb.DuckDBPyConnection, specs: Sequence[FeatureSpec]) -> None:
     """Describe every column of ``features``: this build's specs, and as they were the columns
     earlier builds added that this one does not produce (a metric since removed, say).
     ``position`` is the column's place in the table. An unchanged catalog is not rewritten."""
@@ -579,16 +579,19 @@ def build_range(
     start: datetime,
     end: datetime,
     step: timedelta,
+    run_id: str | None = None,
     *,
     lake: Lake | None = None,
-    progress: Callable[[BuildReport], None] | None = None,
+    progress: Callable[[int, BuildReport], None] | None = None,
 ) -> list[BuildReport]:
-    """Build ``[start, end)`` interval by interval (what a backfill does)."""
+    """Build ``[start, end)`` interval by interval (what a backfill does); ``progress(total,
+    report)`` after each."""
+    pieces = intervals(start, end, step)
     reports = []
-    for a, b in intervals(start, end, step):
-        reports.append(build_features(source, a, b, lake=lake))
+    for a, b in pieces:
+        reports.append(build_features(source, a, b, run_id, lake=lake))
         if progress:
-            progress(reports[-1])
+            progress(len(pieces), reports[-1])
     return reports
 
 
@@ -641,7 +644,3 @@ def export(
         con.close()
         partial.unlink(missing_ok=True)
     return rows
-
-
-def frame(con: duckdb.DuckDBPyConnection, table: str = "feat_out") -> pd.DataFrame:
-    return con.execute(f"SELECT * FROM {table} ORDER BY host, ts").df()
