@@ -1,10 +1,11 @@
-"""Row checks every batch passes before it reaches ``raw_metrics``.
+"""Row checks: each marks rows with a reason code and splits a batch into accepted rows and
+rejected rows (kept for ``quarantine`` with their raw text).
 
-Each check marks rows with a reason code; :func:`check_batch` splits a raw
-source batch into accepted canonical rows and rejected rows (kept for
-``quarantine`` with their raw text). Great Expectations suites (validation
-issue) run on top of these; these checks are the floor that makes the
-unique key and the types of ``raw_metrics`` hold.
+Two tiers. :func:`parse_batch` runs at load: rows whose timestamp, key or value cannot be typed
+are rejected there (they cannot be staged). The staged batch then meets the ``raw_metrics``
+Great Expectations suite (:mod:`anomaly.validation`), which decides for the batch as a whole;
+when it passes, :func:`screen_rows` holds back the few rows that are individually wrong (NaN,
+infinity, outside the interval, out of range, conflicting duplicates) and the rest load.
 """
 
 from __future__ import annotations
@@ -30,12 +31,27 @@ REASONS: dict[str, str] = {
     "infinite_value": "value is infinite",
     "unknown_metric": "metric is not in metric_catalog (add it there to accept it)",
     "duplicate": "(host, metric, ts) appears more than once in the batch with different values",
+    "out_of_range": "value outside the range of its metric kind",
     "duplicate_copy": "identical copy of another row of the batch (first copy loaded)",
     "source_conflict": "(host, metric, ts) is already loaded from another source",
     "batch_rejected": "row passed its checks, but the batch was rejected as a whole",
+    "validation_failed": "the batch failed a critical expectation of its suite; see quarantine_batches",
+    "staging_abandoned": "staged over a day ago and never validated (its run stopped before validate_raw)",
 }
 
 REQUIRED = ("ts", "host", "metric", "value")
+
+# reasons of the parse tier (decided at load, before staging); the others are decided at release
+PARSE_REASONS = (
+    "missing_column",
+    "naive_timestamp",
+    "bad_timestamp",
+    "missing_key",
+    "bad_key",
+    "null_value",
+    "non_numeric",
+    "duplicate_copy",
+)
 
 
 @dataclass
@@ -168,15 +184,44 @@ def _parse_value(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def check_batch(
-    batch: pd.DataFrame, start: datetime, end: datetime, known_metrics: set[str] | None
+    batch: pd.DataFrame, start: datetime, end: datetime, kinds: dict[str, str] | set[str] | None
 ) -> CheckResult:
-    """Split ``batch`` into accepted canonical rows and rejected rows with reasons.
+    """:func:`parse_batch` then :func:`screen_rows`: every row check at once (sources' own tests).
 
     Example::
 
-        >>> res = check_batch(frame, start, end, {"cpu_util"})   # doctest: +SKIP
-        >>> res.counts                                           # doctest: +SKIP
+        >>> res = check_batch(frame, start, end, {"cpu_util": "ratio"})   # doctest: +SKIP
+        >>> res.counts                                                     # doctest: +SKIP
         {'nan_value': 2}
+    """
+    import pandas as pd
+
+    parsed = parse_batch(batch)
+    screened = screen_rows(parsed.accepted, start, end, kinds if isinstance(kinds, dict) else None)
+    counts = dict(parsed.counts)
+    for reason, n in screened.counts.items():
+        counts[reason] = counts.get(reason, 0) + n
+    if known := (set(kinds) if kinds is not None else None):
+        # unknown metrics are loaded (the suite warns); sources' tests still ask about them here
+        unknown = ~screened.accepted["metric"].isin(sorted(known))
+        if unknown.any():
+            moved = screened.accepted.loc[unknown]
+            extra = as_rejected(moved, "unknown_metric")
+            screened.accepted = screened.accepted.loc[~unknown].reset_index(drop=True)
+            screened.rejected = pd.concat([screened.rejected, extra], ignore_index=True)
+            counts["unknown_metric"] = int(unknown.sum())
+    rejected = pd.concat([parsed.rejected, screened.rejected], ignore_index=True)
+    return CheckResult(screened.accepted, rejected, parsed.total, counts)
+
+
+def parse_batch(batch: pd.DataFrame) -> CheckResult:
+    """Type a source batch: rows that cannot become (ts UTC, host, metric, float value) are rejected.
+
+    The parse tier runs at load time: a row whose timestamp, key or value does not parse cannot be
+    staged at all. Identical copies of a row are loaded once (``duplicate_copy``). Everything a
+    parsed row can still be wrong about (NaN, infinity, outside the interval, conflicting
+    duplicates, out of range) is judged on the staged batch by the ``raw_metrics`` suite and, row
+    by row, by :func:`screen_rows` when the batch is released.
     """
     import numpy as np
     import pandas as pd
@@ -216,54 +261,113 @@ def check_batch(
     reason[(reason == "") & not_text] = "bad_key"
     empty_key = host.isna() | metric.isna() | (host.astype(str) == "") | (metric.astype(str) == "")
     reason[(reason == "") & empty_key] = "missing_key"
-    start_ts, end_ts = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
-    outside = (reason == "") & ((ts < start_ts) | (ts >= end_ts)).fillna(False)
-    reason[outside] = "outside_interval"
-    reason[(reason == "") & (value_reason != "")] = value_reason
-    if known_metrics is not None:
-        unknown = (reason == "") & ~metric.isin(sorted(known_metrics))
-        reason[unknown] = "unknown_metric"
+    # NaN and infinity parse (they are numbers); the suite judges them on the staged batch
+    parse_only = value_reason.isin(["non_numeric", "null_value"])
+    reason[(reason == "") & parse_only] = value_reason
 
-    # duplicates among rows that are otherwise fine: identical copies keep one, conflicts keep none
     frame = pd.DataFrame({"ts": ts, "host": host, "metric": metric, "value": value})
     ok = reason == ""
-    keys = frame.loc[ok, ["host", "metric", "ts"]]
-    dup_any = keys.duplicated(keep=False)
-    if dup_any.any():
-        sub = frame.loc[ok].loc[dup_any]
-        nvalues = sub.groupby(["host", "metric", "ts"])["value"].transform("nunique")
-        conflicting = sub.index[nvalues.to_numpy() > 1]
-        reason[conflicting] = "duplicate"
-        still_ok = reason == ""
-        copies = frame.loc[still_ok, ["host", "metric", "ts"]].duplicated(keep="first")
-        reason[copies[copies].index] = "duplicate_copy"
+    copies = frame.loc[ok].duplicated(keep="first")
+    reason[copies[copies].index] = "duplicate_copy"
+    return _split(batch, frame, reason, total)
+
+
+def screen_rows(
+    frame: pd.DataFrame, start: datetime, end: datetime, kinds: dict[str, str] | None
+) -> CheckResult:
+    """Judge parsed rows one by one: NaN, infinity, outside ``[start, end)``, out of the range of
+    the metric's kind (``kinds``: metric -> kind), conflicting duplicates (all copies held back).
+
+    Runs when a staged batch that passed its suite is released: the few rows that fail go to
+    quarantine with their reason, the rest load.
+    """
+    import numpy as np
+    import pandas as pd
+
+    frame = frame.reset_index(drop=True)
+    n = len(frame)
+    reason = pd.Series(np.full(n, "", dtype=object), index=frame.index)
+    ts, value = frame["ts"], frame["value"].to_numpy(dtype="float64")
+    start_ts, end_ts = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
+    reason[((ts < start_ts) | (ts >= end_ts)).to_numpy()] = "outside_interval"
+    reason[(reason == "") & np.isnan(value)] = "nan_value"
+    reason[(reason == "") & np.isinf(value)] = "infinite_value"
+    if kinds:
+        kind = frame["metric"].map(kinds).to_numpy()
+        low = np.select([np.isin(kind, list(KIND_RANGES))], [0.0], default=-np.inf)
+        high = np.where(kind == "ratio", 1.0, np.where(kind == "percent", 100.0, np.inf))
+        reason[(reason == "") & ((value < low) | (value > high))] = "out_of_range"
+    ok = reason == ""
+    dup = frame.loc[ok, ["host", "metric", "ts"]].duplicated(keep=False)
+    reason[dup[dup].index] = "duplicate"
+    result = _split(frame, frame, reason, n)
+    outside = result.rejected["reason"] == "outside_interval"
+    result.rejected.loc[outside, "detail"] = (
+        f"timestamp is outside the data interval [{start_ts.isoformat()}, {end_ts.isoformat()})"
+    )
+    if kinds and "out_of_range" in result.counts:
+        bad = result.rejected["reason"] == "out_of_range"
+        result.rejected.loc[bad, "detail"] = [
+            f"{kinds[m]} value outside {KIND_RANGES[kinds[m]]}" for m in result.rejected.loc[bad, "metric"]
+        ]
+    return result
+
+
+# kind -> the range its values must lie in (the suite and screen_rows share it)
+KIND_RANGES: dict[str, str] = {
+    "ratio": "[0, 1]",
+    "percent": "[0, 100]",
+    "counter": "[0, inf)",
+    "bytes": "[0, inf)",
+    "rate": "[0, inf)",
+}
+
+
+def _split(batch: pd.DataFrame, frame: pd.DataFrame, reason: pd.Series, total: int) -> CheckResult:
+    """Accepted canonical rows and rejected rows (raw text kept) from a reason per row."""
+    import numpy as np
+    import pandas as pd
 
     bad = reason != ""
     accepted = frame.loc[~bad].reset_index(drop=True)
     rejected = pd.DataFrame(
         {
-            "ts": ts[bad],
+            "ts": frame["ts"][bad],
             "ts_raw": _as_text(batch["ts"][bad]),
-            "host": host[bad].map(
+            "host": frame["host"][bad].map(
                 lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
             ),
-            "metric": metric[bad].map(
+            "metric": frame["metric"][bad].map(
                 lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
             ),
-            "value": value[bad],
+            "value": frame["value"][bad],
             "value_raw": _as_text(batch["value"][bad]),
             "reason": reason[bad].astype(str),
         }
     )
     rejected["detail"] = rejected["reason"].map(REASONS)
-    window = f"[{start_ts.isoformat()}, {end_ts.isoformat()})"
-    rejected.loc[rejected["reason"] == "outside_interval", "detail"] = (
-        f"timestamp is outside the data interval {window}"
-    )
     counts = rejected["reason"].value_counts().to_dict()
     return CheckResult(
         accepted, rejected.reset_index(drop=True), total, {str(k): int(v) for k, v in counts.items()}
     )
+
+
+def as_rejected(rows: pd.DataFrame, reason: str, detail: str | list[str] | None = None) -> pd.DataFrame:
+    """Canonical rows in the quarantine layout with a reason (and the reason's sentence by default)."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "ts": rows["ts"],
+            "ts_raw": rows["ts"].astype(str),
+            "host": rows["host"],
+            "metric": rows["metric"],
+            "value": rows["value"],
+            "value_raw": rows["value"].astype(str),
+            "reason": reason,
+            "detail": REASONS[reason] if detail is None else detail,
+        }
+    ).reset_index(drop=True)
 
 
 def _empty_accepted() -> pd.DataFrame:

@@ -121,15 +121,80 @@ def ingest(source: str | None, start: str, end: str, run_id: str | None) -> None
     from anomaly.ingest import IngestRejected, ingest_interval
     from anomaly.settings import get_settings
     from anomaly.sources import SourceError
+    from anomaly.validation import ValidationFailed
 
     source = source or get_settings().source
     begin, finish = _parse_utc(start, "--start"), _parse_utc(end, "--end")
     run_id = run_id or f"manual__{datetime.now(UTC).isoformat()}"
     try:
         report = ingest_interval(source, begin, finish, run_id)
-    except (IngestRejected, SourceError, ValueError) as exc:
+    except (IngestRejected, ValidationFailed, SourceError, ValueError) as exc:
         raise _CliError(str(exc)) from exc
     click.echo(json.dumps(report.as_dict(), indent=2))
+
+
+@main.command()
+def reports() -> None:
+    """Where the reports are: validation Data Docs (HTML), quarantined batches, model reports."""
+    from anomaly.settings import get_settings
+    from anomaly.store import Lake, StoreError
+
+    settings = get_settings()
+    index = settings.validation_reports_dir / "index.html"
+    click.echo(f"validation reports (Great Expectations Data Docs): {index}")
+    if not index.exists():
+        click.echo(
+            "  none yet: they are written by the ingest DAG's validate_raw and validate_features tasks"
+        )
+    try:
+        lake = Lake(settings)
+        if settings.catalog != "sqlite" or settings.sqlite_catalog_path.exists():
+            lake.init()  # a lake made by an older version gets the validation tables
+        runs = (
+            Lake(settings)
+            .read(
+                """
+            SELECT count(*) AS validations,
+                   count(*) FILTER (WHERE failed) AS failed,
+                   count(*) FILTER (WHERE NOT failed AND warned) AS warned
+            FROM (SELECT bool_or(NOT success AND severity = 'critical') AS failed,
+                         bool_or(NOT success) AS warned
+                  FROM validation_results GROUP BY run_id, suite, source, interval_start, interval_end)
+            """
+            )
+            .iloc[0]
+        )
+        held = (
+            Lake(settings)
+            .read(
+                "SELECT count(*) FILTER (WHERE released_at IS NULL) AS held, count(released_at) AS released "
+                "FROM quarantine_batches"
+            )
+            .iloc[0]
+        )
+        last = Lake(settings).read(
+            "SELECT suite, source, interval_start, reason, location FROM quarantine_batches "
+            "WHERE released_at IS NULL ORDER BY quarantined_at DESC LIMIT 1"
+        )
+    except StoreError:
+        click.echo("  (no lake yet)")
+        return
+    n, failed, warned = int(runs["validations"]), int(runs["failed"]), int(runs["warned"])
+    click.echo(
+        f"  {n:,} validations: {n - failed - warned:,} passed, {warned:,} with warnings, {failed:,} failed"
+    )
+    click.echo(
+        f"quarantined batches: {int(held['held'])} held, {int(held['released'])} released "
+        '(anomaly sql "select * from quarantine_batches")'
+    )
+    for r in last.itertuples():
+        click.echo(
+            f"  latest held: {r.suite} of {r.source} at {r.interval_start}: {r.reason} -> {r.location}"
+        )
+    click.echo(f"model reports: {settings.home / 'reports' / 'models'}")
+    click.echo(
+        f"\nbrowse: python -m http.server -d {settings.home / 'reports'} 8008, then open http://127.0.0.1:8008/"
+    )
 
 
 @main.command()

@@ -233,10 +233,10 @@ def _run_dag(console, start: datetime, end: datetime) -> tuple[float, int]:
                     f"error: ingest_metrics failed for the interval ending {interval_end}; "
                     f"see the task log under {os.environ['AIRFLOW_HOME']}/logs"
                 )
-            report = _last_report(dr)
-            if report:
-                fetch_seconds += report["fetch_seconds"]
-                rows += report["rows_loaded"]
+            staged, released = _last_report(dr, "ingest"), _last_report(dr, "validate_raw")
+            if staged and released:
+                fetch_seconds += staged["fetch_seconds"]
+                rows += released["rows_loaded"]
             progress.update(
                 bar,
                 advance=1,
@@ -260,14 +260,14 @@ def interval_ends(timetable, start: datetime, end: datetime) -> list[datetime]:
     return ends
 
 
-def _last_report(dr) -> dict | None:
+def _last_report(dr, task_id: str) -> dict | None:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
         row = (
             session.query(XComModel)
-            .filter_by(dag_id=dr.dag_id, run_id=dr.run_id, task_id="ingest", key="return_value")
+            .filter_by(dag_id=dr.dag_id, run_id=dr.run_id, task_id=task_id, key="return_value")
             .one_or_none()
         )
         if row is None:
@@ -345,6 +345,25 @@ def _report(console, settings, fetch_seconds: float, rows: int, wall: float, sou
         f"features: [bold]{n_rows:,}[/bold] rows x {n_features} feature columns in table features "
         f"({int(built['n'])} interval builds, {float(built['s'] or 0):.1f}s of SQL); list them with "
         "`uv run anomaly features list`"
+    )
+    checks = lake.query(
+        """
+        SELECT suite, count(*) AS runs, count(*) FILTER (WHERE failed) AS failed,
+               count(*) FILTER (WHERE NOT failed AND warned) AS warned
+        FROM (SELECT suite, bool_or(NOT success AND severity = 'critical') AS failed, bool_or(NOT success) AS warned
+              FROM validation_results WHERE source = ? GROUP BY run_id, suite, interval_start, interval_end)
+        GROUP BY suite ORDER BY suite
+        """,
+        [source],
+    )
+    summary = ", ".join(
+        f"{r.suite} {r.runs - r.failed - r.warned} passed/{r.warned} warned/{r.failed} failed"
+        for r in checks.itertuples()
+    )
+    console.print(
+        f"validation: {summary}; Data Docs: {settings.validation_reports_dir / 'index.html'} "
+        "(`uv run anomaly reports`)",
+        soft_wrap=True,
     )
     console.print(f"demo wall time: {wall:.0f}s\n")
     console.print("[bold]Query it[/bold] (per host and metric, any SQL):")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -496,6 +497,127 @@ def build_features(
             report.seconds,
         )
     return report
+
+
+@dataclass
+class ValidationReport:
+    """What the ``features`` suite found for one interval (JSON-friendly for XCom)."""
+
+    source: str
+    interval_start: str
+    interval_end: str
+    run_id: str | None
+    rows: int
+    status: str  # passed | warning (a failure raises)
+    warnings: list[str] = field(default_factory=list)
+    report: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def validate_features(
+    source: str,
+    start: datetime,
+    end: datetime,
+    run_id: str,
+    *,
+    lake: Lake | None = None,
+    settings: Settings | None = None,
+) -> ValidationReport:
+    """Run the ``features`` suite on the interval's rows of ``features`` (the gate before training
+    and scoring read them).
+
+    The suite validates a column profile computed in one SQL pass (one row per feature: NaN or
+    infinite values, nulls after warm-up, min and max, count excess). A critical failure writes
+    the interval's feature rows to a Parquet file under ``ANOMALY_HOME/quarantine/features/``,
+    then in one transaction removes them from ``features`` and records the batch in
+    ``quarantine_batches``, and raises :class:`~anomaly.validation.ValidationFailed`; rebuilding
+    the interval after the cause is fixed and validating again passes and marks it released.
+    """
+    from anomaly.sources.base import require_aware, to_utc
+    from anomaly.store import Lake
+    from anomaly.validation import ValidationFailed, gate, suites
+
+    require_aware(start, end)
+    start, end = to_utc(start), to_utc(end)
+    settings = settings or get_settings()
+    lake = lake or Lake(settings)
+    lake.init()
+    where = f"source {source!r} for [{start.isoformat()}, {end.isoformat()})"
+    batch_id = uuid.uuid4().hex[:12]
+    with lake.connection() as con:
+        built = con.execute(
+            f"SELECT rows_written FROM {registry.FEATURE_LOG} WHERE source = ? AND interval_start = ? "
+            "AND interval_end = ? ORDER BY finished_at DESC LIMIT 1",
+            [source, start, end],
+        ).fetchone()
+        if built is None or not table_exists(con):
+            raise FeatureError(f"no feature build of {where} yet: build the interval's features first")
+        rows = con.execute(
+            f"SELECT count(*) FROM {registry.FEATURES} WHERE source = ? AND ts >= ? AND ts < ?",
+            [source, start, end],
+        ).fetchone()[0]
+        if rows != built[0]:
+            # e.g. an earlier validation moved them to quarantine: validating nothing would pass
+            raise FeatureError(
+                f"the features of {where} hold {rows} rows but the latest build wrote {built[0]}: "
+                "rebuild the interval (in the UI: clear `build_features` with its downstream tasks)"
+            )
+        profile = gate.features_profile(con, source, start, end, settings.step_seconds)
+    run = gate.validate_features_profile(profile, settings)
+    pages = gate.render([run], source, start, end, run_id, batch_id, settings)
+    report = ValidationReport(
+        source,
+        start.isoformat(),
+        end.isoformat(),
+        run_id,
+        rows,
+        run.status,
+        [f"{o.name} ({o.observed}; e.g. {o.examples})" for o in run.warnings],
+        str(pages[suites.FEATURES]),
+    )
+    if not run.failed:
+
+        def passed(con: duckdb.DuckDBPyConnection) -> None:
+            gate.record(con, [run], source, start, end, run_id, batch_id, pages)
+            gate.release_quarantine(con, [suites.FEATURES], source, start, end, run_id)
+
+        lake.write(passed, what=f"record features validation {where}")
+        gate.refresh_index(lake, settings)
+        for line in report.warnings:
+            log.warning("features validation warning for %s: %s", where, line)
+        return report
+
+    path = gate.batch_path(
+        settings.quarantine_dir / "features", source, start, f"{run_id}__{batch_id}", ".parquet"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".parquet.partial")
+    message = gate.failure_message([run], source, start, end, run_id) + (
+        f". The interval's {rows} feature rows were moved to {path} (quarantine_batches); training "
+        "and scoring will not read them. Fix the cause, rebuild the interval and validate again."
+    )
+
+    def reject(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(
+            f"COPY (SELECT * FROM {registry.FEATURES} WHERE source = $source AND ts >= $start AND ts < $end "
+            "ORDER BY host, ts) TO " + "'" + str(partial).replace("'", "''") + "' (FORMAT parquet)",
+            {"source": source, "start": start, "end": end},
+        )
+        partial.replace(path)
+        con.execute(
+            f"DELETE FROM {registry.FEATURES} WHERE source = $source AND ts >= $start AND ts < $end",
+            {"source": source, "start": start, "end": end},
+        )
+        gate.quarantine_batch(
+            con, [run], source, start, end, run_id, batch_id, rows=rows, location=str(path), message=message
+        )
+        gate.record(con, [run], source, start, end, run_id, batch_id, pages)
+
+    lake.write(reject, what=f"quarantine features {where}")
+    gate.refresh_index(lake, settings)
+    raise ValidationFailed(message)
 
 
 def _ensure_table(con: duckdb.DuckDBPyConnection, specs: Sequence[FeatureSpec]) -> None:

@@ -20,6 +20,9 @@ SCHEMA_MIGRATIONS = "schema_migrations"
 FEATURES = "features"  # created by the first feature build: its columns follow the catalog
 FEATURE_CATALOG = "feature_catalog"
 FEATURE_LOG = "feature_log"
+RAW_STAGING = "raw_staging"
+VALIDATION_RESULTS = "validation_results"
+QUARANTINE_BATCHES = "quarantine_batches"
 
 TABLES: tuple[str, ...] = (
     RAW_METRICS,
@@ -30,6 +33,9 @@ TABLES: tuple[str, ...] = (
     INGEST_LOG,
     FEATURE_CATALOG,
     FEATURE_LOG,
+    RAW_STAGING,
+    VALIDATION_RESULTS,
+    QUARANTINE_BATCHES,
 )
 
 # Asset URIs use an ``x-`` scheme: they name our tables, not a storage protocol Airflow knows.

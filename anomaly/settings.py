@@ -103,6 +103,32 @@ class Settings(BaseSettings):
         description="Ratio features (numerator/denominator, comma-separated), e.g. bytes per packet.",
     )
 
+    # --- validation ----------------------------------------------------------
+    validation_completeness: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="Share of the expected samples (interval / step per metric) each host must deliver.",
+    )
+    validation_null_share: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of nulls a feature may have once its window or lag has warmed up.",
+    )
+    validation_severity: str = Field(
+        "",
+        description="Severity overrides, e.g. 'raw.completeness=critical,raw.known_hosts=warning'.",
+    )
+
+    @field_validator("validation_severity", mode="after")
+    @classmethod
+    def _known_severities(cls, value: str) -> str:
+        from anomaly.validation.suites import with_overrides
+
+        with_overrides([], value)  # raises naming the unknown expectation or severity
+        return value
+
     @field_validator("home", mode="after")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
@@ -125,6 +151,14 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path:
         return self.home / "staging"
+
+    @property
+    def validation_reports_dir(self) -> Path:
+        return self.home / "reports" / "validation"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
 
 
 @lru_cache(maxsize=1)

@@ -75,3 +75,28 @@ def test_sql_is_read_only(lake) -> None:
     result = CliRunner().invoke(main, ["sql", "delete from raw_metrics"])
     assert result.exit_code == 1 and "read-only" in result.output.lower()
     assert lake.query("SELECT count(*) AS n FROM raw_metrics")["n"][0] == 240
+
+
+def test_reports_says_where_the_data_docs_are_and_what_failed(lake, anomaly_home) -> None:
+    runner = CliRunner()
+    _load(lake)
+    bad = grid_frame(T0 + timedelta(hours=1), T0 + timedelta(hours=2)).assign(value=float("nan"))
+    from anomaly.validation import ValidationFailed
+
+    try:
+        ingest_interval(
+            "files", T0 + timedelta(hours=1), T0 + timedelta(hours=2), "bad", source=FrameSource(bad)
+        )
+    except ValidationFailed:
+        pass
+    else:
+        raise AssertionError("an all-NaN batch passed validation")
+    out = runner.invoke(main, ["reports"])
+    assert out.exit_code == 0, out.output
+    index = anomaly_home / "reports" / "validation" / "index.html"
+    assert f"validation reports (Great Expectations Data Docs): {index}" in out.output
+    assert index.exists()
+    # the first batch warns (raw.known_hosts: its hosts were new), the all-NaN batch fails
+    assert "4 validations: 2 passed, 1 with warnings, 1 failed" in out.output
+    assert "quarantined batches: 1 held, 0 released" in out.output
+    assert "latest held: raw_metrics of files at 2026-05-01 01:00:00+00:00: raw.value_not_nan" in out.output

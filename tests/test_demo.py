@@ -57,6 +57,19 @@ def test_demo_ingests_every_host_and_metric_and_says_how_to_query(tmp_path: Path
         "SELECT (SELECT count(*) FROM features) AS f, (SELECT count(DISTINCT (host, ts)) FROM raw_metrics) AS r"
     ).iloc[0]
     assert keys["f"] == keys["r"] == int(m.group(1).replace(",", ""))
+    # every interval was validated (raw, completeness, features) and its Data Docs page written
+    m = re.search(r"validation: (.*); Data Docs: (\S+index\.html)", text)
+    assert m, text[-3000:]
+    index = Path(m.group(2))
+    checks = lake.query(
+        "SELECT suite, count(DISTINCT interval_start) AS intervals, count(DISTINCT report) AS pages, "
+        "bool_and(success OR severity = 'warning') AS passed FROM validation_results GROUP BY suite ORDER BY suite"
+    )
+    assert checks["suite"].tolist() == ["features", "raw_completeness", "raw_metrics"]
+    assert checks["intervals"].tolist() == checks["pages"].tolist() == [2, 2, 2] and checks["passed"].all()
+    html = index.read_text()
+    for page in lake.query("SELECT DISTINCT report FROM validation_results")["report"]:
+        assert Path(page).exists() and Path(page).name in html
     labels = lake.query("SELECT type, dataset FROM labels")
     assert len(labels) == len(faults) and set(labels["dataset"]) == {source}
     assert (tmp_path / "var" / "demo" / "faults.png").stat().st_size > 20_000

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from anomaly.ingest import IngestRejected, ingest_interval
+from anomaly.validation import ValidationFailed
 from tests.conftest import FrameSource, grid_frame
 
 START = datetime(2026, 3, 1, 10, tzinfo=UTC)
@@ -40,7 +41,7 @@ def test_rerun_replaces_the_interval_instead_of_adding(lake) -> None:
     frame = grid_frame(START, END)
     _ingest(frame, "run-1")
     changed = frame.copy()
-    changed["value"] += 1.0
+    changed["value"] += 0.125
     _ingest(changed, "run-2")
     got = lake.query("SELECT count(*) AS n, sum(value) AS s, min(run_id) AS r FROM raw_metrics")
     assert got["n"][0] == len(frame)
@@ -58,11 +59,10 @@ def test_rerun_replaces_the_interval_instead_of_adding(lake) -> None:
         ),
         (lambda f: _set(f, "value", np.nan), "nan_value", "nan"),
         (lambda f: _set(f, "value", np.inf), "infinite_value", "inf"),
-        (lambda f: _set(f, "metric", "cpu_utilisation"), "unknown_metric", None),
         (lambda f: _set(f, "ts", pd.Timestamp(END)), "outside_interval", None),
         (lambda f: _set(f, "host", ""), "missing_key", None),
     ],
-    ids=["non_numeric", "nan", "infinite", "unknown_metric", "outside_interval", "empty_host"],
+    ids=["non_numeric", "nan", "infinite", "outside_interval", "empty_host"],
 )
 def test_bad_row_is_quarantined_with_reason_and_rest_loads(lake, corrupt, reason, raw) -> None:
     frame = corrupt(grid_frame(START, END))
@@ -88,7 +88,7 @@ def _set(frame: pd.DataFrame, column: str, value) -> pd.DataFrame:
 def test_duplicates_identical_copy_loads_once_conflicting_values_load_none(lake) -> None:
     frame = grid_frame(START, END, hosts=("h1", "h2", "h3", "h4"))
     twin = frame.iloc[[0]]
-    clash = frame.iloc[[1]].assign(value=frame["value"].iloc[1] + 5)
+    clash = frame.iloc[[1]].assign(value=frame["value"].iloc[1] + 0.125)
     report = _ingest(pd.concat([frame, twin, clash], ignore_index=True))
     assert report.rejects == {"duplicate_copy": 1, "duplicate": 2}
     loaded = lake.query("SELECT count(*) AS n, count(DISTINCT (host, metric, ts)) AS k FROM raw_metrics")
@@ -100,15 +100,19 @@ def test_naive_timestamps_reject_the_batch_and_keep_the_interval(lake) -> None:
     good = grid_frame(START, END)
     _ingest(good, "run-0")
     naive = good.assign(ts=good["ts"].dt.tz_localize(None))
-    with pytest.raises(IngestRejected) as err:
+    with pytest.raises(ValidationFailed) as err:  # the suite runs on the batch as sent
         _ingest(naive, "run-1")
     message = str(err.value)
+    assert "expectation raw.ts_type (ts is a timestamp with a time zone" in message
+    assert "observed datetime64" in message
     assert "naive_timestamp" in message and "no time zone" in message
     assert "[2026-03-01T10:00:00+00:00, 2026-03-01T11:00:00+00:00)" in message
     # the interval keeps what it had; every row of the bad batch is kept in quarantine
     assert lake.query("SELECT count(*) AS n FROM raw_metrics WHERE run_id = 'run-0'")["n"][0] == len(good)
     q = _quarantine(lake)
     assert len(q) == len(good) and set(q["reason"]) == {"naive_timestamp"}
+    held = lake.query("SELECT suite, reason FROM quarantine_batches WHERE run_id = 'run-1'")
+    assert held.to_dict("records") == [{"suite": "raw_metrics", "reason": "raw.ts_type, raw.ts_in_interval"}]
     log = lake.query("SELECT status, rows_loaded FROM ingest_log WHERE run_id = 'run-1'")
     assert log.to_dict("records") == [{"status": "rejected", "rows_loaded": 0}]
 
@@ -119,11 +123,13 @@ def test_reject_share_over_threshold_fails_and_quarantines_everything(lake, monk
     monkeypatch.setenv("ANOMALY_MAX_REJECT_SHARE", "0.0")
     get_settings.cache_clear()
     frame = _set(grid_frame(START, END), "value", np.nan)
-    with pytest.raises(IngestRejected, match=r"rejected 1 of 240 rows .*nan_value: 1"):
+    with pytest.raises(
+        ValidationFailed, match=r"suite raw_metrics, expectation raw.value_not_nan .*1 unexpected"
+    ):
         ingest_interval("files", START, END, "run-1", source=FrameSource(frame))
     assert lake.query("SELECT count(*) AS n FROM raw_metrics")["n"][0] == 0
     q = _quarantine(lake)
-    assert q["reason"].value_counts().to_dict() == {"batch_rejected": 239, "nan_value": 1}
+    assert q["reason"].value_counts().to_dict() == {"validation_failed": 240}
 
 
 def test_same_key_from_another_source_is_quarantined_not_overwritten(lake) -> None:
@@ -137,11 +143,27 @@ def test_same_key_from_another_source_is_quarantined_not_overwritten(lake) -> No
     assert "already loaded from source 'files'" in _quarantine(lake, "run-b")["detail"][0]
 
 
-def test_task_retry_with_same_run_id_does_not_duplicate_quarantine(lake) -> None:
+def test_rerun_of_a_run_is_a_new_batch_and_keeps_the_history(lake) -> None:
+    """A cleared and re-run Airflow run keeps its run id: each attempt is its own batch."""
     frame = _set(grid_frame(START, END), "value", np.inf)
     _ingest(frame, "run-1")
     _ingest(frame, "run-1")
+    q = _quarantine(lake)
+    assert len(q) == 2 and q["batch_id"].nunique() == 2 and set(q["reason"]) == {"infinite_value"}
+    assert lake.query("SELECT count(*) AS n FROM raw_metrics")["n"][0] == len(frame) - 1
+
+
+def test_staging_again_before_validation_replaces_the_waiting_batch(lake) -> None:
+    """An ingest task retried after it staged (its batch not validated yet) leaves one batch."""
+    from anomaly.ingest import release_interval, stage_interval
+
+    frame = _set(grid_frame(START, END), "value", "n/a")
+    stage_interval("files", START, END, "run-1", source=FrameSource(frame))
+    stage_interval("files", START, END, "run-1", source=FrameSource(frame))
     assert len(_quarantine(lake)) == 1
+    assert lake.query("SELECT count(DISTINCT batch_id) AS n FROM raw_staging")["n"][0] == 1
+    assert release_interval("files", START, END, "run-1").rows_loaded == len(frame) - 1
+    assert lake.query("SELECT count(*) AS n FROM raw_staging")["n"][0] == 0
 
 
 def test_interval_bounds_must_be_aware(lake) -> None:

@@ -171,9 +171,9 @@ def test_backfill_then_overlapping_reprocess_leaves_exactly_the_source_rows(airf
         "2026-02-01T00:00:00+00:00",
         "--to-date",
         "2026-02-01T05:00:00+00:00",
+        # one run at a time, as the DAG says: a feature build reads the interval before its own
         "--max-active-runs",
-        "3",
-        # build_features has depends_on_past, and Airflow then wants the behaviour spelt out
+        "1",
         "--reprocess-behavior",
         "failed",
     )
@@ -193,7 +193,7 @@ def test_backfill_then_overlapping_reprocess_leaves_exactly_the_source_rows(airf
         "--to-date",
         "2026-02-01T08:00:00+00:00",
         "--max-active-runs",
-        "3",
+        "1",
         "--reprocess-behavior",
         "completed",
     )

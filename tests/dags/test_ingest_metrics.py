@@ -87,7 +87,8 @@ def test_failed_source_fails_the_run_and_keeps_the_interval(ingest_dag, monkeypa
     assert failed.state == "failed"
     assert fingerprint(Lake()) == before
     log = Lake().query("SELECT status FROM ingest_log ORDER BY finished_at")
-    assert log["status"].tolist() == ["loaded"]  # the failed run wrote nothing, not even a log row
+    # the failed run wrote nothing, not even a log row
+    assert log["status"].tolist() == ["staged", "loaded"]
 
 
 def test_each_run_builds_the_features_of_its_interval(ingest_dag) -> None:
@@ -113,3 +114,58 @@ def test_each_run_builds_the_features_of_its_interval(ingest_dag) -> None:
 
     assert run_interval(ingest_dag, T0).state == "success"
     assert features().equals(first)
+
+
+def test_corrupted_interval_fails_at_validation_and_keeps_the_lake(ingest_dag, monkeypatch, tmp_path) -> None:
+    """A batch breaking a critical expectation stops the run at validate_raw: the lake keeps the
+    interval's earlier rows and features, the batch is in quarantine, and a fixed re-run releases it."""
+    from anomaly.settings import get_settings
+    from anomaly.sources.simulation import SimulationSource
+    from anomaly.store import Lake
+
+    files = tmp_path / "metrics"
+    files.mkdir()
+    good = SimulationSource(n_hosts=3).fetch(T0, T0 + HOUR)
+    good.to_parquet(files / "a.parquet")
+    monkeypatch.setenv("ANOMALY_FILES_GLOB", str(files / "*.parquet"))
+    get_settings.cache_clear()
+    assert run_interval(ingest_dag, T0, source="files").state == "success"
+    lake = Lake()
+    before = fingerprint(lake)
+    features_before = lake.query(
+        "SELECT count(*) AS n, sum(hash(host, ts, cpu_util__mean_1h)) AS h FROM features"
+    )
+
+    # a broken exporter: a fifth of the cpu_util samples read 250 (a percentage sent as a ratio)
+    bad = good.copy()
+    cpu = bad.index[bad["metric"] == "cpu_util"]
+    bad.loc[cpu[::5], "value"] = 250.0
+    bad.to_parquet(files / "a.parquet")
+    failed = run_interval(ingest_dag, T0, source="files")
+    assert failed.state == "failed"
+    states = {ti.task_id: ti.state for ti in failed.get_task_instances()}
+    assert states["ingest"] == "success" and states["validate_raw"] == "failed"
+    assert states["build_features"] == states["validate_features"] == "upstream_failed"
+    assert fingerprint(lake) == before
+    assert lake.query(
+        "SELECT count(*) AS n, sum(hash(host, ts, cpu_util__mean_1h)) AS h FROM features"
+    ).equals(features_before)
+    q = lake.query(
+        "SELECT reason, count(*) AS n FROM quarantine WHERE run_id = ? GROUP BY reason", [failed.run_id]
+    )
+    assert q.to_dict("records") == [{"reason": "validation_failed", "n": len(bad)}]
+    held = lake.query("SELECT suite, reason, released_at FROM quarantine_batches").to_dict("records")
+    assert len(held) == 1 and held[0]["suite"] == "raw_metrics" and held[0]["reason"] == "raw.range_ratio"
+    assert held[0]["released_at"] is None or held[0]["released_at"] != held[0]["released_at"]
+    assert lake.query("SELECT count(*) AS n FROM raw_staging")["n"][0] == 0
+
+    # the exporter is fixed: the interval passes and the quarantined batch is released
+    good.to_parquet(files / "a.parquet")
+    rerun = run_interval(ingest_dag, T0, source="files")
+    assert rerun.state == "success"
+    assert fingerprint(lake)[0] == before[0]
+    released = lake.query("SELECT released_by_run FROM quarantine_batches")
+    assert released["released_by_run"].tolist() == [rerun.run_id]
+    assert lake.query("SELECT count(*) AS n FROM quarantine WHERE reason = 'validation_failed'")["n"][
+        0
+    ] == len(bad)
