@@ -252,8 +252,14 @@ def release_interval(
         if status == "loaded":
             log.info("the batch of %s in run %r was already released", where, run_id)
             return IngestReport(
-                source_name, start.isoformat(), end.isoformat(), run_id, int(latest["rows_fetched"][0]),
-                int(latest["rows_loaded"][0]), int(latest["rows_quarantined"][0]), 0,
+                source_name,
+                start.isoformat(),
+                end.isoformat(),
+                run_id,
+                int(latest["rows_fetched"][0]),
+                int(latest["rows_loaded"][0]),
+                int(latest["rows_quarantined"][0]),
+                0,
                 batch_id=str(latest["batch_id"][0]),
             )
         message = str(latest["message"][0])
