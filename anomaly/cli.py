@@ -503,5 +503,89 @@ def features_export(host, source, start, end, out: Path) -> None:
     click.echo(f"wrote {n} rows to {out}")
 
 
+@main.command()
+@click.option("--source", required=True, help="Features source, e.g. simulation:bench.")
+@click.option("--start", required=True, help="ISO-8601 with zone, inclusive.")
+@click.option("--end", required=True, help="ISO-8601 with zone, exclusive.")
+@click.option("--labels", "labels_dataset", default=None, help="labels.dataset (default: the source).")
+@click.option("--exclude-types", default="", help="Fault types left out of training (tested on).")
+@click.option("--no-promote", is_flag=True, help="Register only; do not try to promote.")
+def train(
+    source: str, start: str, end: str, labels_dataset: str | None, exclude_types: str, no_promote: bool
+) -> None:
+    """Train, evaluate and register an ensemble on [START, END) of SOURCE (the train_model DAG's work)."""
+    from anomaly.training.dataset import TrainingSetError
+    from anomaly.training.train import train_model
+
+    begin, finish = _parse_utc(start, "--start"), _parse_utc(end, "--end")
+    try:
+        result = train_model(
+            source,
+            begin,
+            finish,
+            run_id=f"manual__{datetime.now(UTC).isoformat()}",
+            labels_dataset=labels_dataset,
+            exclude_types=[t for t in exclude_types.split(",") if t],
+            promote=not no_promote,
+        )
+    except (TrainingSetError, ValueError) as exc:
+        raise _CliError(str(exc)) from exc
+    click.echo(json.dumps(result.summary(), indent=2, default=str))
+
+
+@main.group()
+def models() -> None:
+    """The model registry: list, show, promote, rollback."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Every model version, newest first."""
+    from anomaly.training.model_registry import list_models
+
+    _print_table(list_models(), 100)
+
+
+@models.command("show")
+@click.argument("version", type=int)
+def models_show(version: int) -> None:
+    """One version: parameters, training set, metrics, artifacts."""
+    from dataclasses import asdict
+
+    from anomaly.training.model_registry import RegistryError, get
+
+    try:
+        record = get(version)
+    except RegistryError as exc:
+        raise _CliError(str(exc)) from exc
+    click.echo(json.dumps(asdict(record), indent=2, default=str))
+
+
+@models.command("promote")
+@click.argument("version", type=int)
+@click.option("--reason", default="promoted by hand", show_default=True)
+def models_promote(version: int, reason: str) -> None:
+    """Make VERSION the champion (the current one is retired)."""
+    from anomaly.training.model_registry import RegistryError, promote
+
+    try:
+        record = promote(version, reason=reason)
+    except RegistryError as exc:
+        raise _CliError(str(exc)) from exc
+    click.echo(f"model v{record.version} is the champion ({record.reason})")
+
+
+@models.command("rollback")
+def models_rollback() -> None:
+    """Retire the champion and bring back the previous one."""
+    from anomaly.training.model_registry import RegistryError, rollback
+
+    try:
+        record = rollback()
+    except RegistryError as exc:
+        raise _CliError(str(exc)) from exc
+    click.echo(f"model v{record.version} is the champion again ({record.reason})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -23,6 +23,7 @@ FEATURE_LOG = "feature_log"
 RAW_STAGING = "raw_staging"
 VALIDATION_RESULTS = "validation_results"
 QUARANTINE_BATCHES = "quarantine_batches"
+MODELS = "models"
 
 TABLES: tuple[str, ...] = (
     RAW_METRICS,
@@ -36,6 +37,7 @@ TABLES: tuple[str, ...] = (
     RAW_STAGING,
     VALIDATION_RESULTS,
     QUARANTINE_BATCHES,
+    MODELS,
 )
 
 # Asset URIs use an ``x-`` scheme: they name our tables, not a storage protocol Airflow knows.

@@ -121,6 +121,19 @@ class Settings(BaseSettings):
         description="Severity overrides, e.g. 'raw.completeness=critical,raw.known_hosts=warning'.",
     )
 
+    # --- models ----------------------------------------------------------------
+    model_primary_metric: str = Field(
+        "event_f1", description="Metric a challenger must match or beat on the champion's test span."
+    )
+    model_min_event_f1: float = Field(0.90, ge=0, le=1, description="Minimum event F1 to become champion.")
+    model_min_precision: float = Field(
+        0.80, ge=0, le=1, description="Minimum point precision to become champion."
+    )
+    model_min_recall: float = Field(0.90, ge=0, le=1, description="Minimum point recall to become champion.")
+    model_target_recall: float = Field(
+        0.90, gt=0, le=1, description="Recall the decision threshold is tuned to reach on validation data."
+    )
+
     @field_validator("validation_severity", mode="after")
     @classmethod
     def _known_severities(cls, value: str) -> str:
@@ -159,6 +172,14 @@ class Settings(BaseSettings):
     @property
     def quarantine_dir(self) -> Path:
         return self.home / "quarantine"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def model_reports_dir(self) -> Path:
+        return self.home / "reports" / "models"
 
 
 @lru_cache(maxsize=1)

@@ -100,3 +100,16 @@ def test_reports_says_where_the_data_docs_are_and_what_failed(lake, anomaly_home
     assert "4 validations: 2 passed, 1 with warnings, 1 failed" in out.output
     assert "quarantined batches: 1 held, 0 released" in out.output
     assert "latest held: raw_metrics of files at 2026-05-01 01:00:00+00:00: raw.value_not_nan" in out.output
+
+
+def test_models_commands_on_an_empty_registry_are_readable(lake) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(main, ["models", "list"])
+    assert listed.exit_code == 0 and "0 row(s)" in listed.output
+    for args, says in (
+        (["models", "show", "7"], "no model version 7; versions: none yet"),
+        (["models", "promote", "7"], "no model version 7"),
+        (["models", "rollback"], "no champion to roll back from"),
+    ):
+        out = runner.invoke(main, args)
+        assert out.exit_code == 1 and says in out.output and "Traceback" not in out.output

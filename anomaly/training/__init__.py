@@ -1,0 +1,1 @@
+"""Training: data sets, the ensemble, evaluation and the model registry."""

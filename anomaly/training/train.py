@@ -1,0 +1,184 @@
+"""Train, validate, register and (maybe) promote one ensemble: the steps of the training DAG.
+
+1. Build the training set as of the lake's current snapshot (:mod:`anomaly.training.dataset`).
+2. Split it in time: train < validation < test, with an embargo as long as the longest
+   feature window between them (optionally holding out hosts for the test span).
+3. Fit the ensemble on the train span (it learns its member combination on the last part of
+   it, in time order).
+4. Tune the decision threshold on the validation span only, to reach the target recall at the
+   best precision.
+5. Evaluate on the test span: point, event, per-type and calibration metrics.
+6. Register the model as a candidate; promote it if it meets the minimums and beats the
+   champion scored on the same test span.
+
+``exclude_types`` removes the events of those fault types from the train and validation spans
+(their points are dropped, not relabelled as normal) and keeps them in the test span: the
+leave-types-out evaluation of faults never seen in training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from anomaly.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from anomaly.store import Lake
+    from anomaly.training.dataset import Split, TrainingSet
+    from anomaly.training.ensemble import AnomalyEnsemble
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What one training run produced (the model, its spans and metrics)."""
+
+    model: AnomalyEnsemble
+    training_set: TrainingSet
+    split: Split
+    threshold: float
+    metrics: dict[str, Any]
+    test_points: pd.DataFrame = field(repr=False)
+    version: int | None = None
+    promoted: bool | None = None
+    decision: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        point, event = self.metrics["point"], self.metrics["event"]
+        return {
+            "version": self.version,
+            "promoted": self.promoted,
+            "decision": self.decision,
+            "threshold": self.threshold,
+            "precision": point["precision"],
+            "recall": point["recall"],
+            "f1": point["f1"],
+            "pr_auc": point.get("pr_auc"),
+            "event_precision": event["event_precision"],
+            "event_recall": event["event_recall"],
+            "event_f1": event["event_f1"],
+            "mean_time_to_detect_s": event["mean_time_to_detect"],
+            "class_shares": self.metrics.get("class_shares"),
+        }
+
+
+def fit_and_evaluate(
+    training_set: TrainingSet,
+    *,
+    params: dict[str, Any] | None = None,
+    validation_fraction: float = 0.2,
+    test_fraction: float = 0.25,
+    embargo: timedelta | None = None,
+    test_hosts: Sequence[str] | None = None,
+    exclude_types: Sequence[str] = (),
+    target_recall: float | None = None,
+    settings: Settings | None = None,
+) -> TrainResult:
+    """Steps 2 to 5 on a built training set (no lake writes)."""
+    from anomaly.training.dataset import TrainingSetError, time_split
+    from anomaly.training.ensemble import AnomalyEnsemble
+    from anomaly.training.metrics import evaluate, tune_threshold
+
+    settings = settings or get_settings()
+    frame = training_set.frame
+    split = time_split(
+        frame["ts"],
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        embargo=embargo,
+        hosts=frame["host"],
+        test_hosts=test_hosts,
+    )
+    unseen = frame["fault_type"].isin(list(exclude_types)).to_numpy()
+    train, validation, test = split.train & ~unseen, split.validation & ~unseen, split.test
+    for name, mask in (("train", train), ("validation", validation), ("test", test)):
+        positives = int(frame.loc[mask, "label"].sum())
+        if positives == 0:
+            raise TrainingSetError(
+                f"the {name} span has no positive rows: widen the range or inject more faults"
+            )
+    features = training_set.features
+    model = AnomalyEnsemble(**(params or {}))
+    model.fit(frame.loc[train, features], frame.loc[train, "label"].to_numpy(), time=frame.loc[train, "ts"])
+    val_scores = model.decision_function(frame.loc[validation, features])
+    threshold = tune_threshold(
+        frame.loc[validation, "label"].to_numpy(), val_scores, target_recall or settings.model_target_recall
+    )
+    test_points = frame.loc[test].reset_index(drop=True)
+    test_scores = model.decision_function(test_points[features])
+    metrics = evaluate(test_points, test_scores, threshold)
+    n_train = int(train.sum())
+    pos_train = int(frame.loc[train, "label"].sum())
+    metrics["class_shares"] = {
+        "train_rows": n_train,
+        "train_positive_share": pos_train / n_train,
+        "train_negative_share": 1 - pos_train / n_train,
+        "test_rows": int(test.sum()),
+        "test_positive_share": float(frame.loc[test, "label"].mean()),
+    }
+    if exclude_types:
+        metrics["unseen_types"] = list(exclude_types)
+    return TrainResult(model, training_set, split, float(threshold), metrics, test_points)
+
+
+def train_model(
+    source: str,
+    start: datetime,
+    end: datetime,
+    *,
+    run_id: str | None = None,
+    labels_dataset: str | None = None,
+    tolerance: timedelta = timedelta(0),
+    params: dict[str, Any] | None = None,
+    exclude_types: Sequence[str] = (),
+    test_hosts: Sequence[str] | None = None,
+    promote: bool = True,
+    lake: Lake | None = None,
+    settings: Settings | None = None,
+) -> TrainResult:
+    """All six steps: build, split, fit, tune, evaluate, register (and promote when better).
+
+    Example::
+
+        >>> result = train_model("simulation:bench", t0, t1)   # doctest: +SKIP
+        >>> result.summary()["event_f1"], result.version        # doctest: +SKIP
+    """
+    from anomaly.store import Lake
+    from anomaly.training import model_registry
+    from anomaly.training.dataset import build_training_set
+
+    settings = settings or get_settings()
+    lake = lake or Lake(settings)
+    training_set = build_training_set(
+        source, start, end, lake=lake, labels_dataset=labels_dataset, tolerance=tolerance
+    )
+    log.info("training set: %s", training_set.describe())
+    result = fit_and_evaluate(
+        training_set, params=params, exclude_types=exclude_types, test_hosts=test_hosts, settings=settings
+    )
+    record = model_registry.register(
+        result.model,
+        training={
+            **training_set.record(),
+            "split": result.split.boundaries,
+            "exclude_types": list(exclude_types),
+        },
+        threshold=result.threshold,
+        metrics=result.metrics,
+        run_id=run_id,
+        lake=lake,
+        settings=settings,
+    )
+    result.version = record.version
+    if promote:
+        result.promoted, result.decision = model_registry.promote_if_better(
+            record.version, result.test_points, lake=lake, settings=settings
+        )
+    return result
