@@ -150,10 +150,8 @@ def reports() -> None:
         lake = Lake(settings)
         if settings.catalog != "sqlite" or settings.sqlite_catalog_path.exists():
             lake.init()  # a lake made by an older version gets the validation tables
-        runs = (
-            Lake(settings)
-            .read(
-                """
+        runs = lake.read(
+            """
             SELECT count(*) AS validations,
                    count(*) FILTER (WHERE failed) AS failed,
                    count(*) FILTER (WHERE NOT failed AND warned) AS warned
@@ -161,18 +159,12 @@ def reports() -> None:
                          bool_or(NOT success) AS warned
                   FROM validation_results GROUP BY run_id, suite, source, interval_start, interval_end)
             """
-            )
-            .iloc[0]
-        )
-        held = (
-            Lake(settings)
-            .read(
-                "SELECT count(*) FILTER (WHERE released_at IS NULL) AS held, count(released_at) AS released "
-                "FROM quarantine_batches"
-            )
-            .iloc[0]
-        )
-        last = Lake(settings).read(
+        ).iloc[0]
+        held = lake.read(
+            "SELECT count(*) FILTER (WHERE released_at IS NULL) AS held, count(released_at) AS released "
+            "FROM quarantine_batches"
+        ).iloc[0]
+        last = lake.read(
             "SELECT suite, source, interval_start, reason, location FROM quarantine_batches "
             "WHERE released_at IS NULL ORDER BY quarantined_at DESC LIMIT 1"
         )

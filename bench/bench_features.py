@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import os
 import platform
@@ -45,6 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from bench.measure import code_state as _code_state
+from bench.measure import cpu_s as _cpu_s
+from bench.measure import hwm_mb as _hwm_mb
+from bench.measure import reset_hwm as _reset_hwm
+from bench.measure import rss_mb as _rss_mb
+
+REPO = Path(__file__).resolve().parents[1]
 
 METRICS = (
     "cpu_util",
@@ -241,34 +248,6 @@ def prepare(ds: Dataset, root: Path) -> Path:
 
 
 # -- one implementation in a child process --------------------------------------------------
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _reset_hwm() -> bool:
-    """Reset the kernel's peak-RSS mark, so the next peak is the timed part's own."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def child(impl: str, path: Path) -> dict[str, Any]:
     meta = json.loads((path / "meta.json").read_text())
     start, end = (
@@ -626,25 +605,13 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def code_state() -> dict[str, Any]:
     """Which SQL was measured: the commit, and the feature files changed since it."""
-    repo = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    changed = git(
-        "status", "--porcelain", "--", "sql/features", "anomaly/features.py", "tests/features/reference.py"
+    return _code_state(
+        [
+            *sorted((REPO / "sql" / "features").glob("*.sql")),
+            REPO / "anomaly" / "features.py",
+            REPO / "tests" / "features" / "reference.py",
+        ]
     )
-    files = [*sorted((repo / "sql" / "features").glob("*.sql")), repo / "anomaly" / "features.py"]
-    files.append(repo / "tests" / "features" / "reference.py")
-    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files if f.exists())).hexdigest()[:12]
-    return {
-        "commit": git("rev-parse", "--short", "HEAD").strip(),
-        "uncommitted": changed.splitlines(),
-        "sha256": digest,
-    }
 
 
 def machine() -> dict[str, Any]:

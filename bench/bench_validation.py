@@ -46,12 +46,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -59,6 +57,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from bench.measure import code_state as _code_state
+from bench.measure import cpu_s as _cpu_s
+from bench.measure import hwm_mb as _hwm_mb
+from bench.measure import reset_hwm as _reset_hwm
+from bench.measure import rss_mb as _rss_mb
+
+REPO = Path(__file__).resolve().parents[1]
 
 STEP = timedelta(seconds=15)
 SUITE = "raw_metrics"
@@ -322,34 +328,6 @@ def reference(
 
 
 # -- measurement ----------------------------------------------------------------------------
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _reset_hwm() -> bool:
-    """Reset the kernel's peak-RSS mark, so the next peak is the timed part's own."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure(fn: Callable[[], Any], repeat: int) -> tuple[Any, dict[str, Any]]:
     """Run ``fn`` ``repeat`` times: its last result, and the fastest run's wall and CPU seconds,
     every run's wall seconds, the largest peak RSS above the RSS before a run, and that peak."""
@@ -667,23 +645,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def code_state() -> dict[str, Any]:
     """Which suite and engine were measured: the commit, and the validation files changed since."""
-    repo = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    files = [repo / "anomaly" / "validation" / f for f in ("engine.py", "suites.py")]
-    files.append(repo / "anomaly" / "metrics.py")
-    changed = git("status", "--porcelain", "--", *(str(f.relative_to(repo)) for f in files))
-    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files if f.exists())).hexdigest()[:12]
-    return {
-        "commit": git("rev-parse", "--short", "HEAD").strip(),
-        "uncommitted": changed.splitlines(),
-        "sha256": digest,
-    }
+    return _code_state(
+        [
+            REPO / "anomaly" / "validation" / "engine.py",
+            REPO / "anomaly" / "validation" / "suites.py",
+            REPO / "anomaly" / "metrics.py",
+        ]
+    )
 
 
 def machine() -> dict[str, Any]:
