@@ -43,6 +43,8 @@ TABLES: tuple[str, ...] = (
 # Asset URIs use an ``x-`` scheme: they name our tables, not a storage protocol Airflow knows.
 ASSET_RAW_METRICS = "x-anomaly://lake/raw_metrics"
 ASSET_FEATURES = "x-anomaly://lake/features"
+ASSET_DRIFT = "x-anomaly://lake/drift"  # emitted by scoring when drift crosses its threshold
+ASSET_MODELS = "x-anomaly://lake/models"  # emitted when a training run registers a model
 
 
 def sql_dir() -> Path:

@@ -130,6 +130,14 @@ class Settings(BaseSettings):
         0.80, ge=0, le=1, description="Minimum point precision to become champion."
     )
     model_min_recall: float = Field(0.90, ge=0, le=1, description="Minimum point recall to become champion.")
+    train_schedule: str = Field(
+        "0 3 * * 1",
+        description="Cron (UTC) of the weekly train_model run; it also runs on drift and by hand.",
+    )
+    train_source: str = Field(
+        "simulation:sim", description="Source (and label dataset) the train_model DAG trains on by default."
+    )
+    train_days: float = Field(14.0, gt=0, description="Days of history before the run a training set covers.")
     model_target_recall: float = Field(
         0.90, gt=0, le=1, description="Recall the decision threshold is tuned to reach on validation data."
     )

@@ -118,6 +118,7 @@ def build_training_set(
         >>> ts.describe()["positive_share"], ts.record()["snapshot"]  # doctest: +SKIP
     """
     import numpy as np
+    import pandas as pd
 
     from anomaly.sources.base import require_aware, to_utc
     from anomaly.store import Lake
@@ -175,8 +176,9 @@ def build_training_set(
     where = f"source {source!r} in [{start.isoformat()}, {end.isoformat()}) at snapshot {snap}"
     if len(frame) < min_rows:
         raise TrainingSetError(f"{len(frame)} feature rows for {where}: need at least {min_rows}")
-    for name in wanted:  # booleans (missing flags, weekend) as 0/1, everything as float32
-        frame[name] = frame[name].astype("float32")
+    # booleans (missing flags, weekend) as 0/1, everything as float32; one block, not 400 inserts
+    values = frame[wanted].astype("float32")
+    frame = pd.concat([frame.drop(columns=wanted), values], axis=1)[list(frame.columns)]
     frame["label"] = frame["event_id"].notna().astype(np.int8)
     positives = int(frame["label"].sum())
     if positives == 0:

@@ -107,7 +107,7 @@ import pandas as pd
 import sklearn
 import xgboost as xgb
 from joblib import effective_n_jobs
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
@@ -119,6 +119,8 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
+from anomaly.training.members import DEFAULT_MEMBERS, MEMBERS, SUPERVISED, UNSUPERVISED
+
 __all__ = [
     "MEMBERS",
     "SUPERVISED",
@@ -127,11 +129,10 @@ __all__ = [
     "ArtifactError",
     "RobustZDetector",
     "WeightedAverageCombiner",
+    "load_member",
+    "save_member",
 ]
 
-SUPERVISED = ("xgboost", "lightgbm", "hist_gb")
-UNSUPERVISED = ("isolation_forest", "robust_z", "lof")
-MEMBERS = SUPERVISED + UNSUPERVISED
 COMBINERS = ("stacking", "average")
 
 MIN_ROWS = 100
@@ -292,7 +293,7 @@ class AnomalyEnsemble(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        members: Sequence[str] = ("xgboost", "lightgbm", "hist_gb", "isolation_forest", "robust_z"),
+        members: Sequence[str] = DEFAULT_MEMBERS,
         combiner: str = "stacking",
         validation_fraction: float = 0.2,
         n_estimators: int = 300,
@@ -348,13 +349,11 @@ class AnomalyEnsemble(ClassifierMixin, BaseEstimator):
     def _threads(self) -> int:
         return max(1, int(effective_n_jobs(self.n_jobs)))
 
-    def fit(self, X: pd.DataFrame, y: Any, *, time: Any = None) -> AnomalyEnsemble:
-        """Fit the members on the earlier rows and the combiner on the latest ``validation_fraction``.
-
-        ``X``: DataFrame of numeric features (NaN allowed; +-inf is treated as missing);
-        ``y``: 0/1 labels; ``time``: one timestamp (or number) per row giving the time order,
-        else the row order is the time order.
-        """
+    def _begin(
+        self, X: pd.DataFrame, y: Any, time: Any
+    ) -> tuple[tuple[str, ...], dict[str, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Check the input, order and cut it in time, and set the state every member needs
+        (features, imputation medians, class weight, seeds). Returns members and the two parts."""
         members = self._check_params()
         y = _binary_labels(y)
         names = _feature_names(X)
@@ -386,13 +385,46 @@ class AnomalyEnsemble(ClassifierMixin, BaseEstimator):
             medians = np.nanmedian(normal, axis=0)
         self.imputation_medians_ = np.where(np.isnan(medians), 0.0, medians)
         self.empty_features_ = np.asarray([names[j] for j in np.flatnonzero(np.isnan(medians))], dtype=object)
-
         rng = check_random_state(self.random_state)
-        seeds = dict(zip(MEMBERS, rng.randint(0, 2**31 - 1, size=len(MEMBERS)), strict=True))
+        seeds = dict(zip(MEMBERS, rng.randint(0, 2**31 - 1, size=len(MEMBERS)).tolist(), strict=True))
+        return members, seeds, A_tr, y_tr, A_va, y_va
+
+    def fit_member(self, name: str, X: pd.DataFrame, y: Any, *, time: Any = None) -> Any:
+        """Fit the one member ``name`` exactly as :meth:`fit` would (same rows, weights and seed)
+        and return it, leaving this estimator unfitted: members can then be fitted in separate
+        processes (the training DAG maps this over the members) and handed to
+        ``fit(..., prefit={name: member})``. Needs an integer ``random_state`` to be reproducible."""
+        work = clone(self)
+        members, seeds, A_tr, y_tr, _, _ = work._begin(X, y, time)
+        if name not in members:
+            raise ValueError(f"{name!r} is not one of this ensemble's members {list(members)}")
+        return work._fit_member(name, A_tr, y_tr, work.scale_pos_weight_, seeds[name], work._threads())
+
+    def fit(
+        self, X: pd.DataFrame, y: Any, *, time: Any = None, prefit: Mapping[str, Any] | None = None
+    ) -> AnomalyEnsemble:
+        """Fit the members on the earlier rows and the combiner on the latest ``validation_fraction``.
+
+        ``X``: DataFrame of numeric features (NaN allowed; +-inf is treated as missing);
+        ``y``: 0/1 labels; ``time``: one timestamp (or number) per row giving the time order,
+        else the row order is the time order. ``prefit``: members already fitted by
+        :meth:`fit_member` on the same ``X``, ``y`` and ``time`` (not refitted).
+        """
+        members, seeds, A_tr, y_tr, A_va, y_va = self._begin(X, y, time)
+        prefit = dict(prefit or {})
+        unknown = sorted(set(prefit) - set(members))
+        if unknown:
+            raise ValueError(f"prefit members {unknown} are not among the members {list(members)}")
         threads = self._threads()
         fitted: dict[str, Any] = {}
         for name in members:
-            fitted[name] = self._fit_member(name, A_tr, y_tr, spw, int(seeds[name]), threads)
+            if name in prefit:
+                _check_member_width(name, prefit[name], self.n_features_in_)
+                fitted[name] = prefit[name]
+            else:
+                fitted[name] = self._fit_member(
+                    name, A_tr, y_tr, self.scale_pos_weight_, seeds[name], threads
+                )
         self.members_ = fitted
 
         raw = {name: self._raw_score(name, A_va) for name in members}
@@ -574,12 +606,7 @@ class AnomalyEnsemble(ClassifierMixin, BaseEstimator):
         directory.mkdir(parents=True, exist_ok=True)
         blobs: dict[str, bytes] = {}
         for name, member in self.members_.items():
-            if name == "xgboost":
-                blobs[MEMBER_FILES[name]] = bytes(member.get_booster().save_raw("ubj"))
-            elif name == "lightgbm":
-                blobs[MEMBER_FILES[name]] = member.model_to_string().encode("utf-8")
-            else:
-                blobs[MEMBER_FILES[name]] = _joblib_bytes(member)
+            blobs[MEMBER_FILES[name]] = _member_bytes(name, member)
         blobs[COMBINER_FILE] = _joblib_bytes(self.combiner_)
         for file, data in blobs.items():
             (directory / file).write_bytes(data)
@@ -664,16 +691,7 @@ class AnomalyEnsemble(ClassifierMixin, BaseEstimator):
         threads = est._threads()
         fitted_members: dict[str, Any] = {}
         for name in members:
-            data = blobs[MEMBER_FILES[name]]
-            if name == "xgboost":
-                clf = xgb.XGBClassifier(n_jobs=threads)
-                clf.load_model(bytearray(data))
-                clf.get_booster().set_param({"nthread": threads})
-                fitted_members[name] = clf
-            elif name == "lightgbm":
-                fitted_members[name] = lgb.Booster(model_str=data.decode("utf-8"))
-            else:
-                fitted_members[name] = joblib.load(io.BytesIO(data))
+            fitted_members[name] = _member_from_bytes(name, blobs[MEMBER_FILES[name]], threads)
         est.members_ = fitted_members
         est.combiner_ = joblib.load(io.BytesIO(blobs[COMBINER_FILE]))
         est.feature_names_in_ = np.asarray(feature_names, dtype=object)
@@ -696,6 +714,61 @@ class AnomalyEnsemble(ClassifierMixin, BaseEstimator):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _member_bytes(name: str, member: Any) -> bytes:
+    """A fitted member in its library's native format (joblib for scikit-learn)."""
+    if name == "xgboost":
+        return bytes(member.get_booster().save_raw("ubj"))
+    if name == "lightgbm":
+        return member.model_to_string().encode("utf-8")
+    return _joblib_bytes(member)
+
+
+def _member_from_bytes(name: str, data: bytes, threads: int) -> Any:
+    """Inverse of :func:`_member_bytes`; call it only on bytes whose SHA-256 was verified."""
+    if name == "xgboost":
+        clf = xgb.XGBClassifier(n_jobs=threads)
+        clf.load_model(bytearray(data))
+        clf.get_booster().set_param({"nthread": threads})
+        return clf
+    if name == "lightgbm":
+        return lgb.Booster(model_str=data.decode("utf-8"))
+    return joblib.load(io.BytesIO(data))
+
+
+def save_member(name: str, member: Any, directory: str | Path) -> str:
+    """Write one fitted member (from :meth:`AnomalyEnsemble.fit_member`) to ``directory`` in its
+    native format; return its SHA-256, to hand back to :func:`load_member`."""
+    if name not in MEMBER_FILES:
+        raise ValueError(f"unknown member {name!r}; members are {MEMBERS}")
+    data = _member_bytes(name, member)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{MEMBER_FILES[name]}.tmp"
+    tmp.write_bytes(data)
+    tmp.replace(directory / MEMBER_FILES[name])
+    return _sha256(data)
+
+
+def load_member(name: str, directory: str | Path, sha256: str, n_jobs: int | None = 2) -> Any:
+    """Read one member saved by :func:`save_member`, refusing it unless its SHA-256 matches."""
+    if name not in MEMBER_FILES:
+        raise ValueError(f"unknown member {name!r}; members are {MEMBERS}")
+    data = _read(Path(directory), MEMBER_FILES[name])
+    _verify(MEMBER_FILES[name], data, sha256, "the caller")
+    return _member_from_bytes(name, data, max(1, int(effective_n_jobs(n_jobs))))
+
+
+def _check_member_width(name: str, member: Any, n_features: int) -> None:
+    if isinstance(member, lgb.Booster):
+        width = member.num_feature()
+    else:
+        width = getattr(member, "n_features_in_", None)
+        if width is None and hasattr(member, "steps"):  # the lof pipeline
+            width = getattr(member.steps[0][1], "n_features_in_", None)
+    if width is not None and int(width) != n_features:
+        raise ValueError(f"prefit member {name!r} was fitted on {width} features, X has {n_features}")
 
 
 def _binary_labels(y: Any) -> np.ndarray:

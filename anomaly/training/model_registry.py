@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CANDIDATE, CHAMPION, RETIRED = "candidate", "champion", "retired"
+UNDECIDED = "registered; not evaluated for promotion yet"
 
 
 class RegistryError(ValueError):
@@ -134,6 +136,11 @@ def register(
     state: dict[str, int] = {}
 
     def work(con: duckdb.DuckDBPyConnection) -> None:
+        if run_id is not None:
+            row = con.execute(f"SELECT version FROM {registry.MODELS} WHERE run_id = ?", [run_id]).fetchone()
+            if row is not None:  # this run registered already (a retried task): nothing new
+                state["version"], state["existing"] = int(row[0]), 1
+                return
         state["version"] = int(
             con.execute(f"SELECT coalesce(max(version), 0) + 1 FROM {registry.MODELS}").fetchone()[0]
         )
@@ -160,11 +167,15 @@ def register(
                 metric(metrics, primary),
                 str(directory),
                 json.dumps(hashes, sort_keys=True),
-                "registered; not evaluated for promotion yet",
+                UNDECIDED,
             ],
         )
 
     lake.write(work, what="register model")
+    if state.get("existing"):
+        shutil.rmtree(directory, ignore_errors=True)
+        log.info("run %s already registered model version %d: kept it", run_id, state["version"])
+        return get(state["version"], lake=lake)
     log.info("registered model version %d (%s)", state["version"], directory)
     return get(state["version"], lake=lake)
 
@@ -178,6 +189,15 @@ def get(version: int, *, lake: Lake | None = None) -> ModelRecord:
         known = lake.query(f"SELECT version FROM {registry.MODELS} ORDER BY version")["version"].tolist()
         raise RegistryError(f"no model version {version}; versions: {known or 'none yet'}")
     return ModelRecord.from_row(rows.iloc[0].to_dict())
+
+
+def by_run(run_id: str, *, lake: Lake | None = None) -> ModelRecord | None:
+    """The version a run registered, if any (the training DAG registers once per run)."""
+    from anomaly.store import Lake
+
+    lake = lake or Lake()
+    rows = lake.query(f"SELECT * FROM {registry.MODELS} WHERE run_id = ? ORDER BY version LIMIT 1", [run_id])
+    return None if rows.empty else ModelRecord.from_row(rows.iloc[0].to_dict())
 
 
 def champion(*, lake: Lake | None = None) -> ModelRecord | None:

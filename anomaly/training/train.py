@@ -22,11 +22,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from anomaly.store import Lake
@@ -46,9 +48,13 @@ class TrainResult:
     threshold: float
     metrics: dict[str, Any]
     test_points: pd.DataFrame = field(repr=False)
+    test_scores: np.ndarray = field(repr=False)
+    validation_labels: np.ndarray = field(repr=False)
+    validation_scores: np.ndarray = field(repr=False)
     version: int | None = None
     promoted: bool | None = None
     decision: str | None = None
+    report: Path | None = None
 
     def summary(self) -> dict[str, Any]:
         point, event = self.metrics["point"], self.metrics["event"]
@@ -56,6 +62,7 @@ class TrainResult:
             "version": self.version,
             "promoted": self.promoted,
             "decision": self.decision,
+            "report": None if self.report is None else str(self.report),
             "threshold": self.threshold,
             "precision": point["precision"],
             "recall": point["recall"],
@@ -69,24 +76,29 @@ class TrainResult:
         }
 
 
-def fit_and_evaluate(
+@dataclass(frozen=True)
+class Spans:
+    """Which rows of a training set train, tune and test a model (boolean masks)."""
+
+    split: Split
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+
+
+def spans(
     training_set: TrainingSet,
     *,
-    params: dict[str, Any] | None = None,
     validation_fraction: float = 0.2,
     test_fraction: float = 0.25,
     embargo: timedelta | None = None,
     test_hosts: Sequence[str] | None = None,
     exclude_types: Sequence[str] = (),
-    target_recall: float | None = None,
-    settings: Settings | None = None,
-) -> TrainResult:
-    """Steps 2 to 5 on a built training set (no lake writes)."""
+) -> Spans:
+    """The time split of step 2, with ``exclude_types`` dropped from train and validation; each
+    span must hold positives (:class:`TrainingSetError` naming the span otherwise)."""
     from anomaly.training.dataset import TrainingSetError, time_split
-    from anomaly.training.ensemble import AnomalyEnsemble
-    from anomaly.training.metrics import evaluate, tune_threshold
 
-    settings = settings or get_settings()
     frame = training_set.frame
     split = time_split(
         frame["ts"],
@@ -97,20 +109,57 @@ def fit_and_evaluate(
         test_hosts=test_hosts,
     )
     unseen = frame["fault_type"].isin(list(exclude_types)).to_numpy()
-    train, validation, test = split.train & ~unseen, split.validation & ~unseen, split.test
-    for name, mask in (("train", train), ("validation", validation), ("test", test)):
-        positives = int(frame.loc[mask, "label"].sum())
-        if positives == 0:
+    result = Spans(split, split.train & ~unseen, split.validation & ~unseen, split.test)
+    for name in ("train", "validation", "test"):
+        mask = getattr(result, name)
+        if int(frame.loc[mask, "label"].sum()) == 0:
             raise TrainingSetError(
                 f"the {name} span has no positive rows: widen the range or inject more faults"
             )
+    return result
+
+
+def fit_and_evaluate(
+    training_set: TrainingSet,
+    *,
+    params: dict[str, Any] | None = None,
+    validation_fraction: float = 0.2,
+    test_fraction: float = 0.25,
+    embargo: timedelta | None = None,
+    test_hosts: Sequence[str] | None = None,
+    exclude_types: Sequence[str] = (),
+    target_recall: float | None = None,
+    prefit: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> TrainResult:
+    """Steps 2 to 5 on a built training set (no lake writes). ``prefit``: members already fitted
+    with ``AnomalyEnsemble(**params).fit_member`` on :func:`spans`' train rows (the DAG's
+    parallel tasks)."""
+    from anomaly.training.ensemble import AnomalyEnsemble
+    from anomaly.training.metrics import evaluate, tune_threshold
+
+    settings = settings or get_settings()
+    frame = training_set.frame
+    rows = spans(
+        training_set,
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        embargo=embargo,
+        test_hosts=test_hosts,
+        exclude_types=exclude_types,
+    )
+    train, validation, test = rows.train, rows.validation, rows.test
     features = training_set.features
     model = AnomalyEnsemble(**(params or {}))
-    model.fit(frame.loc[train, features], frame.loc[train, "label"].to_numpy(), time=frame.loc[train, "ts"])
-    val_scores = model.decision_function(frame.loc[validation, features])
-    threshold = tune_threshold(
-        frame.loc[validation, "label"].to_numpy(), val_scores, target_recall or settings.model_target_recall
+    model.fit(
+        frame.loc[train, features],
+        frame.loc[train, "label"].to_numpy(),
+        time=frame.loc[train, "ts"],
+        prefit=prefit,
     )
+    val_scores = model.decision_function(frame.loc[validation, features])
+    val_labels = frame.loc[validation, "label"].to_numpy()
+    threshold = tune_threshold(val_labels, val_scores, target_recall or settings.model_target_recall)
     test_points = frame.loc[test].reset_index(drop=True)
     test_scores = model.decision_function(test_points[features])
     metrics = evaluate(test_points, test_scores, threshold)
@@ -125,7 +174,17 @@ def fit_and_evaluate(
     }
     if exclude_types:
         metrics["unseen_types"] = list(exclude_types)
-    return TrainResult(model, training_set, split, float(threshold), metrics, test_points)
+    return TrainResult(
+        model,
+        training_set,
+        rows.split,
+        float(threshold),
+        metrics,
+        test_points,
+        test_scores,
+        val_labels,
+        val_scores,
+    )
 
 
 def train_model(
@@ -153,6 +212,7 @@ def train_model(
     from anomaly.store import Lake
     from anomaly.training import model_registry
     from anomaly.training.dataset import build_training_set
+    from anomaly.training.pipeline import write_report
 
     settings = settings or get_settings()
     lake = lake or Lake(settings)
@@ -181,4 +241,13 @@ def train_model(
         result.promoted, result.decision = model_registry.promote_if_better(
             record.version, result.test_points, lake=lake, settings=settings
         )
+    result.report = write_report(
+        record.version,
+        result.model,
+        result.test_points,
+        result.test_scores,
+        {"threshold": result.threshold, "metrics": result.metrics, "split": result.split.boundaries},
+        lake=lake,
+        settings=settings,
+    )
     return result

@@ -27,6 +27,8 @@ from anomaly.training.ensemble import (
     ArtifactError,
     RobustZDetector,
     WeightedAverageCombiner,
+    load_member,
+    save_member,
 )
 
 SEEN = ("spike", "shift", "flat")
@@ -144,6 +146,38 @@ def test_random_state_reproduces_and_a_different_seed_changes_scores(data, fitte
     # deterministic below its 5,000-row subsample, hist_gb without early stopping.
     diff = other.member_scores(X) != fitted.member_scores(X)
     assert diff[["xgboost", "lightgbm", "isolation_forest"]].any().all()
+
+
+def test_members_fitted_one_by_one_through_files_give_the_same_ensemble(data, fitted, tmp_path):
+    """The training DAG fits members in separate tasks: fit_member, save_member, load_member and
+    fit(prefit=...) must reproduce the single-process fit exactly."""
+    X, y, _, ts = data
+    template = clone(fitted)
+    hashes = {}
+    for name in MEMBERS:
+        member = template.fit_member(name, X, y, time=ts)
+        hashes[name] = save_member(name, member, tmp_path)
+    assert not hasattr(template, "members_")  # fit_member leaves the template unfitted
+    prefit = {name: load_member(name, tmp_path, sha) for name, sha in hashes.items()}
+    combined = clone(fitted).fit(X, y, time=ts, prefit=prefit)
+    np.testing.assert_array_equal(combined.predict_proba(X), fitted.predict_proba(X))
+
+
+def test_member_files_are_verified_and_prefit_is_checked(data, tmp_path):
+    X, y, _, ts = data
+    est = small(members=("xgboost", "robust_z"))
+    sha = save_member("robust_z", est.fit_member("robust_z", X, y, time=ts), tmp_path)
+    path = tmp_path / MEMBER_FILES["robust_z"]
+    path.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        load_member("robust_z", tmp_path, sha)
+    with pytest.raises(ValueError, match="not one of this ensemble's members"):
+        est.fit_member("lightgbm", X, y, time=ts)
+    narrow = small(members=("xgboost",)).fit_member("xgboost", X.iloc[:, :5], y, time=ts)
+    with pytest.raises(ValueError, match="fitted on 5 features"):
+        est.fit(X, y, time=ts, prefit={"xgboost": narrow})
+    with pytest.raises(ValueError, match=r"prefit members \['lof'\]"):
+        est.fit(X, y, time=ts, prefit={"lof": narrow})
 
 
 # The checks that fit on small numpy arrays do not apply (see AnomalyEnsemble's docstring);

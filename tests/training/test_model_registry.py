@@ -49,9 +49,23 @@ def _fit(points: pd.DataFrame, **params) -> tuple[AnomalyEnsemble, float, dict]:
     return model, threshold, evaluate(val, model.decision_function(val[FEATURES]), threshold)
 
 
-def _register(lake, model, threshold, metrics):
+def _register(lake, model, threshold, metrics, run_id=None):
     training = {"snapshot": 1, "start": T0, "end": T0 + timedelta(days=1), "features": FEATURES}
-    return reg.register(model, training=training, threshold=threshold, metrics=metrics, run_id="t", lake=lake)
+    run_id = run_id or f"run-{len(reg.list_models(lake=lake)) + 1}"
+    return reg.register(
+        model, training=training, threshold=threshold, metrics=metrics, run_id=run_id, lake=lake
+    )
+
+
+def test_a_run_registers_one_version_however_often_it_is_retried(lake, anomaly_home) -> None:
+    model, threshold, metrics = _fit(_points(1))
+    first = _register(lake, model, threshold, metrics, run_id="scheduled__1")
+    again = _register(lake, model, threshold, metrics, run_id="scheduled__1")
+    assert again.version == first.version and again.artifacts == first.artifacts
+    assert len(reg.list_models(lake=lake)) == 1
+    assert [p.name for p in (anomaly_home / "models").iterdir()] == [first.artifacts.name]  # no orphan
+    assert reg.by_run("scheduled__1", lake=lake).version == first.version
+    assert reg.by_run("other", lake=lake) is None
 
 
 def test_decide_applies_minimums_then_the_champion_comparison(anomaly_home) -> None:
