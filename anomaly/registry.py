@@ -24,6 +24,12 @@ RAW_STAGING = "raw_staging"
 VALIDATION_RESULTS = "validation_results"
 QUARANTINE_BATCHES = "quarantine_batches"
 MODELS = "models"
+SCORES = "scores"
+SCORE_LOG = "score_log"
+INCIDENTS = "incidents"
+INCIDENT_EXPLANATIONS = "incident_explanations"
+DRIFT = "drift"
+PUBLISH_LOG = "publish_log"
 
 TABLES: tuple[str, ...] = (
     RAW_METRICS,
@@ -38,6 +44,12 @@ TABLES: tuple[str, ...] = (
     VALIDATION_RESULTS,
     QUARANTINE_BATCHES,
     MODELS,
+    SCORES,
+    SCORE_LOG,
+    INCIDENTS,
+    INCIDENT_EXPLANATIONS,
+    DRIFT,
+    PUBLISH_LOG,
 )
 
 # Asset URIs use an ``x-`` scheme: they name our tables, not a storage protocol Airflow knows.

@@ -142,6 +142,35 @@ class Settings(BaseSettings):
         0.90, gt=0, le=1, description="Recall the decision threshold is tuned to reach on validation data."
     )
 
+    # --- scoring ---------------------------------------------------------------
+    score_schedule: str = Field(
+        "0 * * * *", description="Cron of the score_metrics DAG's data intervals (UTC)."
+    )
+    score_source: str = Field("simulation", description="Source the score_metrics DAG scores by default.")
+    incident_gap_seconds: float = Field(
+        300.0, ge=0, description="Anomalous points of a host closer than this form one incident."
+    )
+    explain_top: int = Field(5, ge=1, le=50, description="Contributing features stored per incident.")
+    publish_conn_id: str = Field(
+        "anomaly_postgres",
+        description="Airflow connection id of the Postgres database results are published to.",
+    )
+    publish_scores: bool = Field(
+        True, description="Also publish every score (not only incidents) to Postgres."
+    )
+    drift_psi_threshold: float = Field(
+        0.25, gt=0, description="Population stability index above which a feature has drifted."
+    )
+    drift_score_psi_threshold: float = Field(
+        0.25, gt=0, description="PSI of the score distribution above which scores have drifted."
+    )
+    drift_alert_rate_factor: float = Field(
+        3.0, gt=1, description="Alert rate above this multiple of the model's test-span rate counts as drift."
+    )
+    drift_min_features: int = Field(
+        3, ge=1, description="Drifted features needed before the drift Asset triggers retraining."
+    )
+
     @field_validator("validation_severity", mode="after")
     @classmethod
     def _known_severities(cls, value: str) -> str:
