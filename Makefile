@@ -9,7 +9,7 @@ export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 
-.PHONY: help env prometheus demo test bench-features bench-validation bench-train lint format clean
+.PHONY: help env prometheus demo test bench-features bench-validation bench-train bench-score lint format clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench-validation: env ## time the raw GE suite against numpy/pandas, target 1M r
 
 bench-train: env ## train and test the ensemble on a simulated fleet; leave-types-out (ARGS=--quick for a smoke run)
 	$(UV) run --frozen python -m bench.bench_train $(ARGS)
+
+bench-score: env ## score speed of the champion ensemble vs its XGBoost member: 100k rows/s, 1 ms (ARGS=--quick for a smoke run)
+	$(UV) run --frozen python -m bench.bench_score $(ARGS)
 
 lint: env ## ruff lint and format check
 	$(UV) run --frozen ruff check .

@@ -352,11 +352,19 @@ def inject(
     show_default=True,
     help="auto: Prometheus when installed, else the simulation directly.",
 )
-def demo(hosts: int, days: float, source: str) -> None:
-    """Simulate a fleet, serve it from a local Prometheus, ingest it through the Airflow DAG."""
+@click.option(
+    "--train/--no-train",
+    default=True,
+    show_default=True,
+    help="Then train a model, score its test span and compare incidents with the injected faults.",
+)
+@click.option("--trees", type=int, default=150, show_default=True, help="Trees per boosted member.")
+def demo(hosts: int, days: float, source: str, train: bool, trees: int) -> None:
+    """Simulate a fleet, serve it from a local Prometheus, ingest it through the Airflow DAG, then
+    train, score and report incidents beside the injected faults."""
     from anomaly.demo import run_demo
 
-    run_demo(n_hosts=hosts, days=days, source=source)
+    run_demo(n_hosts=hosts, days=days, source=source, train=train, trees=trees)
 
 
 @main.group()

@@ -4,7 +4,10 @@
 2. backfill them into a Prometheus TSDB with ``promtool`` and start ``prometheus`` on loopback;
 3. run the ``ingest_metrics`` DAG with ``dag.test()`` for every data interval of the window
    (the same code a scheduler runs), reading Prometheus through its HTTP API;
-4. print what landed per host and metric, and how to query it.
+4. print what landed per host and metric, and how to query it;
+5. train the ensemble with the ``train_model`` DAG, score the model's test span with the
+   ``score_metrics`` DAG (incidents, explanations, Postgres, drift) and print the detected
+   incidents beside the injected faults.
 
 Without Prometheus on the machine it says so and ingests from the simulation source directly.
 """
@@ -31,7 +34,14 @@ def _airflow_env(home: Path) -> None:
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 
-def run_demo(n_hosts: int = 20, days: float = 2.0, source: str = "auto", schedule: str | None = None) -> None:
+def run_demo(
+    n_hosts: int = 20,
+    days: float = 2.0,
+    source: str = "auto",
+    schedule: str | None = None,
+    train: bool = True,
+    trees: int = 150,
+) -> None:
     """Run the whole demo; raises SystemExit with a readable message on failure."""
     import warnings
 
@@ -132,6 +142,9 @@ def run_demo(n_hosts: int = 20, days: float = 2.0, source: str = "auto", schedul
         time.perf_counter() - wall0,
         "prometheus" if use_prometheus else "simulation",
     )
+    if train:
+        _train_and_score(console, source_name, start, end, trees)
+    console.print(f"demo wall time: {time.perf_counter() - wall0:.0f}s\n")
 
 
 def _clear_other_demo_source(console, settings, other: str, start: datetime, end: datetime) -> None:
@@ -365,7 +378,7 @@ def _report(console, settings, fetch_seconds: float, rows: int, wall: float, sou
         "(`uv run anomaly reports`)",
         soft_wrap=True,
     )
-    console.print(f"demo wall time: {wall:.0f}s\n")
+    console.print(f"ingest wall time: {wall:.0f}s\n")
     console.print("[bold]Query it[/bold] (per host and metric, any SQL):")
     console.print(
         '  uv run anomaly sql "select host, metric, count(*), avg(value) from raw_metrics group by all order by all"',
@@ -386,6 +399,180 @@ def _report(console, settings, fetch_seconds: float, rows: int, wall: float, sou
     console.print("  uv run duckdb     # the plain DuckDB CLI; then paste:", highlight=False)
     for line in duckdb_cli_lines(settings).splitlines():
         console.print(f"    {line}", highlight=False, soft_wrap=True)
+
+
+DEMO_PG_DATABASE = "anomaly_demo"
+
+
+def _postgres_target(console) -> bool:
+    """Point the publish connection at a local database (created if missing) unless the user
+    configured one; False when no Postgres answers (the demo then does not publish)."""
+    from anomaly.settings import get_settings
+
+    conn_id = get_settings().publish_conn_id
+    var = f"AIRFLOW_CONN_{conn_id.upper()}"
+    if var in os.environ:
+        return True
+    try:
+        import psycopg2
+
+        admin = psycopg2.connect(
+            host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure means: no local Postgres to publish to
+        console.print(f"[yellow]no Postgres at 127.0.0.1:5432 ({exc}); incidents are not published[/yellow]")
+        return False
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DEMO_PG_DATABASE])
+        if cur.fetchone() is None:
+            cur.execute(f'CREATE DATABASE "{DEMO_PG_DATABASE}"')
+    admin.close()
+    os.environ[var] = f"postgresql://postgres@127.0.0.1:5432/{DEMO_PG_DATABASE}"
+    return True
+
+
+def _train_and_score(console, source: str, start: datetime, end: datetime, trees: int) -> None:
+    """Train on the demo's history, score the model's test span, compare with the faults."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from anomaly.settings import get_settings
+    from anomaly.store import Lake
+    from anomaly.training import model_registry
+
+    os.environ.setdefault("ANOMALY_SCORE_SCHEDULE", os.environ["ANOMALY_INGEST_SCHEDULE"])
+    publish = _postgres_target(console)
+    get_settings.cache_clear()
+    settings = get_settings()
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    console.rule("[bold]train_model")
+    conf = {"source": source, "start": start.isoformat(), "end": end.isoformat(), "n_estimators": trees}
+    with console.status("training the ensemble (5 members in mapped tasks) ..."):
+        t0 = time.perf_counter()
+        run = bag.get_dag("train_model").test(run_conf=conf)
+    lake = Lake(settings)
+    record = model_registry.by_run(run.run_id, lake=lake)
+    if run.state != "success" or record is None:
+        failed = [ti.task_id for ti in run.get_task_instances() if ti.state == "failed"]
+        console.print(
+            f"[yellow]training did not register a model (failed: {failed}); see the task logs[/yellow]"
+        )
+        return
+    m = record.metrics
+    console.print(
+        f"model v{record.version} ({time.perf_counter() - t0:.0f}s): test span point precision "
+        f"{m['point']['precision']:.3f}, recall {m['point']['recall']:.3f}, PR-AUC {m['point']['pr_auc']:.3f}; "
+        f"event recall {m['event']['event_recall']:.3f}, event F1 {m['event']['event_f1']:.3f}; "
+        f"status {record.status}: {record.reason}",
+        soft_wrap=True,
+    )
+    console.print(f"report: {settings.model_reports_dir / f'v{record.version}.html'}", soft_wrap=True)
+    pinned = 0
+    if record.status != model_registry.CHAMPION:
+        pinned = record.version
+        console.print(
+            f"v{record.version} is not the champion; the demo pins it for scoring (param model_version). "
+            f"In production: `uv run anomaly models promote {record.version}` or a better model.",
+            soft_wrap=True,
+        )
+    test_start = datetime.fromisoformat(record.training["split"]["test_start"])
+    score_dag = bag.get_dag("score_metrics")
+    ends = [e for e in interval_ends(score_dag.timetable, start, end) if e > test_start]
+    console.rule("[bold]score_metrics")
+    for interval_end in ends:
+        dr = score_dag.test(
+            logical_date=interval_end,
+            run_conf={"source": source, "model_version": pinned, "publish": publish},
+        )
+        states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+        if dr.state != "success":
+            raise SystemExit(f"error: score_metrics failed for the interval ending {interval_end}: {states}")
+        console.print(
+            f"scored [{dr.data_interval_start:%m-%d %H:%M}, {dr.data_interval_end:%H:%M}): "
+            + ", ".join(f"{k} {v}" for k, v in states.items()),
+            soft_wrap=True,
+        )
+    # the faults of the test span: the model never trained or tuned on them
+    _incident_report(console, lake, source, test_start, end, publish)
+
+
+def _incident_report(console, lake, source: str, start: datetime, end: datetime, published: bool) -> None:
+    """Injected faults of the scored span beside the incidents that overlap them."""
+    from rich.table import Table
+
+    faults = lake.query(
+        "SELECT label_id, host, type, start_ts, end_ts FROM labels WHERE dataset = ? AND end_ts > ? AND start_ts < ? "
+        "ORDER BY start_ts, host",
+        [source, start, end],
+    )
+    incidents = lake.query(
+        "SELECT incident_id, host, start_ts, end_ts, peak_score, points, top_metrics FROM incidents "
+        "WHERE source = ? AND end_ts >= ? AND start_ts < ? ORDER BY start_ts",
+        [source, start, end],
+    )
+    features = lake.query(
+        "SELECT e.incident_id, e.feature FROM incident_explanations e JOIN incidents i USING (incident_id) "
+        "WHERE i.source = ? ORDER BY e.incident_id, e.rank",
+        [source],
+    )
+    top = features.groupby("incident_id")["feature"].apply(list).to_dict()
+    table = Table(
+        title=f"injected faults vs detected incidents, [{start:%m-%d %H:%M}, {end:%m-%d %H:%M}) UTC",
+        header_style="bold",
+    )
+    for col in ("fault type", "host", "start", "end", "detected", "incident start", "top features"):
+        table.add_column(col)
+    matched: set[str] = set()
+    for f in faults.itertuples():
+        hits = incidents[
+            (incidents["host"] == f.host)
+            & (incidents["start_ts"] < f.end_ts)
+            & (incidents["end_ts"] >= f.start_ts)
+        ]
+        matched |= set(hits["incident_id"])
+        first = hits.iloc[0] if len(hits) else None
+        table.add_row(
+            f.type,
+            f.host,
+            f"{f.start_ts:%m-%d %H:%M}",
+            f"{f.end_ts:%H:%M}",
+            "[green]detected[/green]" if first is not None else "[red]missed[/red]",
+            "" if first is None else f"{first.start_ts:%m-%d %H:%M}",
+            "" if first is None else ", ".join(top.get(first.incident_id, [])[:3]),
+        )
+    console.print(table)
+    detected = sum(
+        bool(
+            (
+                (incidents["host"] == f.host)
+                & (incidents["start_ts"] < f.end_ts)
+                & (incidents["end_ts"] >= f.start_ts)
+            ).any()
+        )
+        for f in faults.itertuples()
+    )
+    console.print(
+        f"detection: [bold]{detected} of {len(faults)}[/bold] injected faults found; "
+        f"{len(incidents) - len(matched)} of {len(incidents)} incidents overlap no fault (false alarms)",
+        soft_wrap=True,
+    )
+    if published:
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        from anomaly.settings import get_settings
+
+        hook = PostgresHook(postgres_conn_id=get_settings().publish_conn_id)
+        counts = {
+            t: hook.get_first(f"SELECT count(*) FROM {t}")[0]
+            for t in ("anomaly_incidents", "anomaly_incident_explanations", "anomaly_scores")
+        }
+        console.print(
+            "Postgres ("
+            + os.environ.get(f"AIRFLOW_CONN_{get_settings().publish_conn_id.upper()}", "")
+            + "): "
+            + ", ".join(f"{t} {n:,} rows" for t, n in counts.items()),
+            soft_wrap=True,
+        )
 
 
 def _text(value: object) -> str:

@@ -167,6 +167,11 @@ class Settings(BaseSettings):
     drift_alert_rate_factor: float = Field(
         3.0, gt=1, description="Alert rate above this multiple of the model's test-span rate counts as drift."
     )
+    drift_window_hours: float = Field(
+        24.0,
+        gt=0,
+        description="Scored history each drift check compares with the training data (a daily cycle).",
+    )
     drift_min_features: int = Field(
         3, ge=1, description="Drifted features needed before the drift Asset triggers retraining."
     )

@@ -46,45 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.hosts, args.days, args.trees = 6, 3.0, 60
-    name = f"bench-h{args.hosts}-d{args.days:g}-s{args.share:g}-r{args.seed}".replace(".", "_")
-    home = REPO / "var" / "bench" / "train"
-    os.environ["ANOMALY_HOME"] = str(home)
+    sc, lake, timings = prepare_fleet(args.hosts, args.days, args.share, args.seed)
 
-    from anomaly.settings import get_settings
-
-    get_settings.cache_clear()
-    from anomaly.features import build_range
-    from anomaly.simulate.run import run_scenario
-    from anomaly.simulate.scenario import Scenario
-    from anomaly.store import Lake
     from anomaly.training.dataset import build_training_set
     from anomaly.training.train import fit_and_evaluate
 
-    sc = Scenario(hosts=args.hosts, days=args.days, anomaly_share=args.share, seed=args.seed, name=name)
-    lake = Lake()
-    lake.init()
-    marker = home / f"{name}.done"
-    timings: dict[str, float] = {}
-    if not marker.exists():
-        t0 = time.perf_counter()
-        print(f"simulating {sc.hosts} hosts x {sc.days:g} days with every fault type ...", flush=True)
-        sim = run_scenario(
-            sc, progress=lambda stage, done, total: print(f"  {stage} {done}/{total}", flush=True)
-        )
-        timings["simulate_ingest_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        print("building features ...", flush=True)
-        build_range(
-            sc.source_name,
-            sc.start,
-            sc.end,
-            timedelta(days=1),
-            run_id="bench",
-            lake=lake,
-            progress=lambda total, report: print(f"  features {report.rows:,} rows", flush=True),
-        )
-        timings["features_s"] = time.perf_counter() - t0
-        marker.write_text(json.dumps(sim, default=str))
+    name = sc.name
     t0 = time.perf_counter()
     ts = build_training_set(sc.source_name, sc.start, sc.end, lake=lake)
     timings["training_set_s"] = time.perf_counter() - t0
@@ -126,6 +93,50 @@ def main(argv: list[str] | None = None) -> int:
     _print(report)
     print(f"\nsaved {out}")
     return 0
+
+
+def prepare_fleet(hosts: int, days: float, share: float, seed: int) -> tuple[Any, Any, dict[str, float]]:
+    """The bench fleet's lake under ``var/bench/train/`` (``ANOMALY_HOME`` is set to it): simulated
+    with every fault type, ingested and featurised on the first call for a scenario, reused after
+    (a marker file per scenario). Returns the scenario, the lake and the timings of what was built."""
+    name = f"bench-h{hosts}-d{days:g}-s{share:g}-r{seed}".replace(".", "_")
+    home = REPO / "var" / "bench" / "train"
+    os.environ["ANOMALY_HOME"] = str(home)
+
+    from anomaly.settings import get_settings
+
+    get_settings.cache_clear()
+    from anomaly.features import build_range
+    from anomaly.simulate.run import run_scenario
+    from anomaly.simulate.scenario import Scenario
+    from anomaly.store import Lake
+
+    sc = Scenario(hosts=hosts, days=days, anomaly_share=share, seed=seed, name=name)
+    lake = Lake()
+    lake.init()
+    marker = home / f"{name}.done"
+    timings: dict[str, float] = {}
+    if not marker.exists():
+        t0 = time.perf_counter()
+        print(f"simulating {sc.hosts} hosts x {sc.days:g} days with every fault type ...", flush=True)
+        sim = run_scenario(
+            sc, progress=lambda stage, done, total: print(f"  {stage} {done}/{total}", flush=True)
+        )
+        timings["simulate_ingest_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        print("building features ...", flush=True)
+        build_range(
+            sc.source_name,
+            sc.start,
+            sc.end,
+            timedelta(days=1),
+            run_id="bench",
+            lake=lake,
+            progress=lambda total, report: print(f"  features {report.rows:,} rows", flush=True),
+        )
+        timings["features_s"] = time.perf_counter() - t0
+        marker.write_text(json.dumps(sim, default=str))
+    return sc, lake, timings
 
 
 def _unseen_view(result: Any) -> dict[str, Any]:

@@ -144,7 +144,10 @@ def train_model() -> None:
         """Verify and assemble the members, fit the combiner, tune the threshold, test."""
         from anomaly.training.pipeline import evaluate as run
 
-        return refusing(run, run_id, model_params(params), list(fitted), **options(params))
+        # indexing with len() asks Airflow for the count once; iterating probes past the end
+        return refusing(
+            run, run_id, model_params(params), [fitted[i] for i in range(len(fitted))], **options(params)
+        )
 
     @task(outlets=[models])
     def register(run_id=None) -> int:

@@ -12,18 +12,41 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.parametrize("source", ["prometheus", "simulation"])
-def test_demo_ingests_every_host_and_metric_and_says_how_to_query(tmp_path: Path, source: str) -> None:
+@pytest.fixture
+def publish_db():
+    """A throwaway Postgres database for the demo's publish step (not the user's anomaly_demo)."""
+    import uuid
+
+    import psycopg2
+
+    name = f"anomaly_demo_test_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(
+        host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3
+    )
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+# the simulation run covers a day: enough history for the demo to train and score its last quarter
+@pytest.mark.parametrize(("source", "days"), [("prometheus", "0.5"), ("simulation", "1")])
+def test_demo_ingests_every_host_and_metric_and_says_how_to_query(
+    tmp_path: Path, source: str, days: str, publish_db: str
+) -> None:
     env = {
         **os.environ,
         "ANOMALY_HOME": str(tmp_path / "var"),
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "ANOMALY_TASK_RETRIES": "0",
+        "AIRFLOW_CONN_ANOMALY_POSTGRES": publish_db,
         "COLUMNS": "200",
     }
     exe = Path(sys.executable).parent / "anomaly"
     out = subprocess.run(
-        [str(exe), "demo", "--hosts", "4", "--days", "0.5", "--source", source],
+        [str(exe), "demo", "--hosts", "4", "--days", days, "--source", source]
+        + (["--trees", "40"] if source == "simulation" else ["--no-train"]),
         capture_output=True,
         text=True,
         env=env,
@@ -37,14 +60,15 @@ def test_demo_ingests_every_host_and_metric_and_says_how_to_query(tmp_path: Path
     m = re.search(r"([\d,]+) rows from 4 hosts x 15 metrics in raw_metrics; 0 rows in quarantine\.", text)
     assert m, text[-3000:]
     rows = int(m.group(1).replace(",", ""))
-    assert 0.8 * 43_200 <= rows <= 43_200
+    expected_rows = int(float(days) * 86_400)  # 4 hosts x 15 metrics x 1,440 minutes a day
+    assert 0.8 * expected_rows <= rows <= expected_rows
     assert "uv run anomaly sql" in text and "ATTACH 'ducklake:sqlite:" in text
     # every loaded host x timestamp got its features, in one build per interval
     m = re.search(
         r"features: ([\d,]+) rows x (\d+) feature columns in table features \((\d+) interval builds", text
     )
     assert m, text[-3000:]
-    assert int(m.group(2)) >= 40 and int(m.group(3)) == 2
+    assert int(m.group(2)) >= 40 and int(m.group(3)) == int(float(days) * 4)
 
     from anomaly.settings import Settings
     from anomaly.simulate.faults import load_faults
@@ -66,7 +90,8 @@ def test_demo_ingests_every_host_and_metric_and_says_how_to_query(tmp_path: Path
         "bool_and(success OR severity = 'warning') AS passed FROM validation_results GROUP BY suite ORDER BY suite"
     )
     assert checks["suite"].tolist() == ["features", "raw_completeness", "raw_metrics"]
-    assert checks["intervals"].tolist() == checks["pages"].tolist() == [2, 2, 2] and checks["passed"].all()
+    n = int(float(days) * 4)
+    assert checks["intervals"].tolist() == checks["pages"].tolist() == [n, n, n] and checks["passed"].all()
     html = index.read_text()
     for page in lake.query("SELECT DISTINCT report FROM validation_results")["report"]:
         assert Path(page).exists() and Path(page).name in html
@@ -92,3 +117,14 @@ def test_demo_ingests_every_host_and_metric_and_says_how_to_query(tmp_path: Path
             modifiers=[inject(faults)],
         )
         assert rows == len(expected)
+
+    if source == "simulation":
+        # trained, scored the test span, compared with the injected faults, published
+        assert re.search(r"model v1 \(\d+s\): test span point precision", text), text[-3000:]
+        assert (tmp_path / "var" / "reports" / "models" / "v1.html").exists()
+        m = re.search(r"detection: (\d+) of (\d+) injected faults found; (\d+) of (\d+) incidents", text)
+        assert m, text[-3000:]
+        found, faults_in_span, _, incidents = map(int, m.groups())
+        assert faults_in_span > 0 and found > 0 and incidents > 0
+        m = re.search(r"anomaly_incidents ([\d,]+) rows, anomaly_incident_explanations ([\d,]+) rows", text)
+        assert m and int(m.group(1)) >= incidents and int(m.group(2)) == 5 * int(m.group(1))

@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS incidents (
     model_version INTEGER     NOT NULL,
     top_metrics   VARCHAR[]   NOT NULL,  -- metrics of the top contributing features, best first
     run_id        VARCHAR,
-    updated_at    TIMESTAMPTZ NOT NULL
+    updated_at    TIMESTAMPTZ NOT NULL,
+    explained_at  TIMESTAMPTZ            -- NULL until incident_explanations hold its current points
 );
 
 -- incident_explanations: per incident, the top contributing features (tree SHAP of the XGBoost

@@ -1,0 +1,237 @@
+"""Batch scoring on a simulated fleet: scores, incidents across intervals, backfill equality in any
+order, explanations, gaps and refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+HOUR = timedelta(hours=1)
+HOURS = 12  # of day 2, scored hour by hour and as backfills
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """3 hosts x 2 days with faults, features built, a small model trained on day 1 and promoted."""
+    from anomaly.features import build_range
+    from anomaly.settings import get_settings
+    from anomaly.simulate.run import run_scenario
+    from anomaly.simulate.scenario import Scenario
+    from anomaly.store import Lake
+    from anomaly.training import model_registry
+    from anomaly.training.train import train_model
+
+    old = os.environ.get("ANOMALY_HOME")
+    os.environ["ANOMALY_HOME"] = str(tmp_path_factory.mktemp("scoring-home"))
+    get_settings.cache_clear()
+    sc = Scenario(
+        hosts=3,
+        days=2,
+        name="score",
+        anomaly_share=0.2,
+        seed=5,
+        types=("cpu_saturation", "memory_leak", "traffic_spike", "level_shift"),
+    )
+    run_scenario(sc)
+    lake = Lake()
+    build_range(sc.source_name, sc.start, sc.end, timedelta(hours=12), run_id="build", lake=lake)
+    result = train_model(
+        sc.source_name,
+        sc.start,
+        sc.end,
+        run_id="train",
+        params={"n_estimators": 30, "random_state": 0},
+        promote=False,
+        lake=lake,
+    )
+    model_registry.promote(result.version, reason="test", lake=lake)
+    yield sc, lake
+    if old is None:
+        os.environ.pop("ANOMALY_HOME", None)
+    else:
+        os.environ["ANOMALY_HOME"] = old
+    get_settings.cache_clear()
+
+
+def _scores(lake, source) -> pd.DataFrame:
+    return lake.query(
+        "SELECT host, ts, score, is_anomaly, model_version FROM scores WHERE source = ? ORDER BY host, ts",
+        [source],
+    )
+
+
+def _incidents(lake, source) -> pd.DataFrame:
+    return lake.query(
+        "SELECT incident_id, host, start_ts, end_ts, peak_score, mean_score, points FROM incidents "
+        "WHERE source = ? ORDER BY host, start_ts",
+        [source],
+    )
+
+
+def _reset(lake, source) -> None:
+    def work(con):
+        for table in ("scores", "incidents", "score_log"):
+            con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
+        con.execute(
+            "DELETE FROM incident_explanations WHERE incident_id NOT IN (SELECT incident_id FROM incidents)"
+        )
+
+    lake.write(work)
+
+
+def _score_hours(sc, lake, hours, day_start):
+    from anomaly.scoring import score_interval
+
+    for h in hours:
+        score_interval(
+            sc.source_name, day_start + h * HOUR, day_start + (h + 1) * HOUR, f"run-{h}", lake=lake
+        )
+
+
+def test_hourly_runs_equal_one_backfill_in_any_order_without_duplicates(fleet) -> None:
+    from anomaly.scoring import score_interval
+
+    sc, lake = fleet
+    day2 = sc.start + timedelta(days=1)
+    _reset(lake, sc.source_name)
+    _score_hours(sc, lake, range(HOURS), day2)
+    hourly, incidents = _scores(lake, sc.source_name), _incidents(lake, sc.source_name)
+    assert len(hourly) > 0 and not hourly.duplicated(["host", "ts"]).any()
+    assert incidents["points"].sum() == hourly["is_anomaly"].sum()
+    # an incident crossing an hour boundary is one incident, not one per hour
+    crossing = incidents[incidents["start_ts"].dt.floor("h") != incidents["end_ts"].dt.floor("h")]
+    assert len(crossing) > 0
+
+    _reset(lake, sc.source_name)
+    score_interval(sc.source_name, day2, day2 + HOURS * HOUR, "backfill", lake=lake)
+    pd.testing.assert_frame_equal(_scores(lake, sc.source_name), hourly)
+    pd.testing.assert_frame_equal(_incidents(lake, sc.source_name), incidents)
+
+    # random interleavings of hourly runs, re-runs and overlapping multi-hour backfills
+    for seed in range(2):
+        rng = random.Random(seed)
+        _reset(lake, sc.source_name)
+        jobs = [(h, h + 1) for h in range(HOURS)] + [
+            (a, min(HOURS, a + rng.randint(2, 5))) for a in rng.sample(range(HOURS), 3)
+        ]
+        rng.shuffle(jobs)
+        for a, b in jobs:
+            score_interval(sc.source_name, day2 + a * HOUR, day2 + b * HOUR, f"mix-{a}-{b}", lake=lake)
+        pd.testing.assert_frame_equal(_scores(lake, sc.source_name), hourly, obj=f"scores, seed {seed}")
+        pd.testing.assert_frame_equal(
+            _incidents(lake, sc.source_name), incidents, obj=f"incidents, seed {seed}"
+        )
+
+
+def test_an_incident_open_at_the_end_of_an_interval_is_extended_with_the_same_id(fleet) -> None:
+    sc, lake = fleet
+    day2 = sc.start + timedelta(days=1)
+    _reset(lake, sc.source_name)
+    _score_hours(sc, lake, range(HOURS), day2)
+    full = _incidents(lake, sc.source_name)
+    long = full[(full["end_ts"] - full["start_ts"]) > HOUR].iloc[0]
+    cut = long["start_ts"].ceil("h")  # an hour boundary inside the incident
+    _reset(lake, sc.source_name)
+    first_hours = range(0, int((cut - pd.Timestamp(day2)) / HOUR))
+    _score_hours(sc, lake, first_hours, day2)
+    open_ = _incidents(lake, sc.source_name)
+    partial = open_[open_["incident_id"] == long["incident_id"]].iloc[0]
+    assert partial["end_ts"] < long["end_ts"] and partial["points"] < long["points"]
+    _score_hours(sc, lake, range(len(first_hours), HOURS), day2)
+    after = _incidents(lake, sc.source_name)
+    pd.testing.assert_frame_equal(after, full)
+    assert (after["incident_id"] == long["incident_id"]).sum() == 1
+
+
+def test_every_incident_is_explained_with_top_features_from_its_points(fleet) -> None:
+    from anomaly.scoring import explain_incidents
+
+    sc, lake = fleet
+    day2 = sc.start + timedelta(days=1)
+    _reset(lake, sc.source_name)
+    _score_hours(sc, lake, range(6), day2)
+    first = explain_incidents(sc.source_name, lake=lake)
+    incidents = lake.query("SELECT * FROM incidents WHERE source = ?", [sc.source_name])
+    assert first["explained"] == len(incidents) > 0 and incidents["explained_at"].notna().all()
+    expl = lake.query(
+        "SELECT e.* FROM incident_explanations e JOIN incidents i USING (incident_id) WHERE i.source = ?",
+        [sc.source_name],
+    )
+    per = expl.sort_values(["incident_id", "rank"]).groupby("incident_id")["rank"].apply(list)
+    assert set(per.index) == set(incidents["incident_id"]) and all(r == [1, 2, 3, 4, 5] for r in per)
+    assert all(len(m) > 0 for m in incidents["top_metrics"])
+    catalog = set(lake.query("SELECT name FROM feature_catalog")["name"])
+    assert set(expl["feature"]) <= catalog
+    # ranks follow |contribution|
+    for _, g in expl.groupby("incident_id"):
+        assert g.sort_values("rank")["contribution"].abs().is_monotonic_decreasing
+    # nothing changed: nothing to explain again; a new hour explains only what it touched
+    assert explain_incidents(sc.source_name, lake=lake)["explained"] == 0
+    _score_hours(sc, lake, [6], day2)
+    pending = lake.query(
+        "SELECT count(*) AS n FROM incidents WHERE source = ? AND explained_at IS NULL", [sc.source_name]
+    )
+    assert explain_incidents(sc.source_name, lake=lake)["explained"] == pending["n"][0]
+
+
+def test_points_without_features_are_not_scored_and_recorded(fleet) -> None:
+    from anomaly.scoring import score_interval
+
+    sc, lake = fleet
+    day2 = sc.start + timedelta(days=1)
+    start, end = day2 + 3 * HOUR, day2 + 4 * HOUR
+    saved = lake.query(
+        "SELECT * FROM features WHERE source = ? AND ts >= ? AND ts < ?", [sc.source_name, start, end]
+    )
+    host = sorted(saved["host"].unique())[0]
+    gone = saved[(saved["host"] == host) & (saved["ts"] < start + timedelta(minutes=20))]
+
+    def drop(con):
+        con.execute(
+            "DELETE FROM features WHERE source = ? AND host = ? AND ts >= ? AND ts < ?",
+            [sc.source_name, host, start, start + timedelta(minutes=20)],
+        )
+
+    lake.write(drop)
+    try:
+        report = score_interval(sc.source_name, start, end, "gap", lake=lake)
+        assert report.missing[host]["points"] == len(gone) > 0
+        assert report.rows == len(saved) - len(gone) and report.expected_rows == len(saved)
+        logged = lake.query("SELECT missing FROM score_log WHERE run_id = 'gap'")["missing"][0]
+        assert json.loads(logged)[host]["points"] == len(gone)
+    finally:
+
+        def restore(con):
+            con.register("gone", gone)
+            con.execute("INSERT INTO features SELECT * FROM gone")
+
+        lake.write(restore)
+
+
+def test_refusals_name_what_is_wrong(fleet, tmp_path, monkeypatch) -> None:
+    from anomaly.scoring import ScoringError, check_features, resolve_model, score_interval
+    from anomaly.settings import get_settings
+    from anomaly.store import Lake
+
+    sc, lake = fleet
+    record = resolve_model(lake=lake)
+    with pytest.raises(ScoringError, match=r"2 feature\(s\) the feature store lacks: nope__a, nope__b"):
+        check_features(
+            dataclasses.replace(record, features=[*record.features, "nope__a", "nope__b"]), record.features
+        )
+    with pytest.raises(ScoringError, match="no model version 99"):
+        resolve_model(99, lake=lake)
+    monkeypatch.setenv("ANOMALY_HOME", str(tmp_path / "empty"))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ScoringError, match="anomaly models promote"):
+            score_interval(sc.source_name, sc.start, sc.start + HOUR, "x", lake=Lake())
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
