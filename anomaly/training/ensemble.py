@@ -93,9 +93,9 @@ another process holds a core. Every path is pinned to the libraries' own calls, 
 unchanged (max |diff| 0). ``explain`` (XGBoost SHAP contributions) is slow and meant for flagged
 rows only.
 
-Measured with ``make bench-score`` (champion of ``make bench-train``'s fleet: 300 trees, 393
-float32 features, held-out rows, 2 cores, 1-minute load ~2 from other processes), old and new
-path in one run, median per call: 1 row 23.6 -> 0.71 ms, 100 rows 20.1 -> 2.9 ms, 1,000 rows
+Measured on the champion of ``make bench-score`` (``make bench-train``'s fleet: 300 trees, 393
+float32 features, held-out rows; 2 cores, 1-minute load ~2 from other processes), the old and
+the new path timed alternately in one process, median per call: 1 row 23.6 -> 0.71 ms, 100 rows 20.1 -> 2.9 ms, 1,000 rows
 49.6 -> 22.1 ms, 10,000 rows 355 -> 229 ms (31k -> 48k rows/s; under heavier load the old path
 swung to 1-2 s, the OpenMP stalls). What each step bought, per call:
 
@@ -113,17 +113,17 @@ combiner: its arithmetic, no validation          0.16-0.23 ms                0.0
 members over 2 threads, 100 / 500 rows           6.6 / 24-33 ms              5.1 / 18 ms
 ===============================================  ==========================  =================
 
-Where the time goes now, 10,000 rows on 2 threads: hist_gb 87 ms, lightgbm 55, xgboost 37,
-robust z 24, isolation forest 18, frame -> array 5, combiner 0.2: ~50k rows/s for the ensemble
-against ~300k for its XGBoost member alone, one row 0.8 ms (XGBoost alone 0.34). The trees of
-the three boosted members are the floor: 100k rows/s on 2 cores needs fewer members (from the
-parts: ~77k without hist_gb, ~135k without hist_gb and lightgbm; their accuracy is for
-``make bench-train`` to judge). Compiled trees did not help batches: treelite 4.8 / tl2cgen 1.0
-(gcc) took 60, 131 and 167 ms per 10,000 rows on one thread for xgboost, lightgbm and hist_gb
-against the libraries' 50, 91 and 139 (and XGBoost's compiled probabilities differ by up to
-2e-7). treelite's interpreter (GTIL) is exact (max |diff| 0 on 10,000 rows for all three) and
-takes 0.06 ms for one row against XGBoost's 0.25-0.39 ms: a way to ~0.5 ms per row, at the cost
-of a new dependency.
+Where the time goes now, 10,000 rows on 2 threads (1-minute load 1.6): hist_gb 63 ms, lightgbm
+50, xgboost 26, robust z 23, isolation forest 19, frame -> array 4, combiner 0.2; the ensemble
+185 ms, 56k rows/s, against 339k for its XGBoost member alone; one row 0.70 ms (XGBoost alone
+0.29). The trees of the three boosted members are the floor: 100k rows/s on 2 cores needs fewer
+members (from the parts: ~80k without hist_gb, ~135k without hist_gb and lightgbm; their
+accuracy is for ``make bench-train`` to judge). Compiled trees did not help batches: treelite
+4.8 / tl2cgen 1.0 (gcc) took 60, 131 and 167 ms per 10,000 rows on one thread for xgboost,
+lightgbm and hist_gb against the libraries' 50, 91 and 139 (and XGBoost's compiled probabilities
+differ by up to 2e-7). treelite's interpreter (GTIL) is exact (max |diff| 0 on 10,000 rows for
+all three) and takes 0.06 ms for one row against XGBoost's 0.25-0.39 ms: a way to ~0.5 ms per
+row, at the cost of a new dependency.
 
 >>> ens = AnomalyEnsemble(n_estimators=50, random_state=0).fit(X, y, time=ts)  # doctest: +SKIP
 >>> flagged = X[ens.predict(X) == 1]  # doctest: +SKIP
