@@ -76,14 +76,14 @@ def test_score_metrics_finds_labelled_faults_explains_publishes_and_signals_drif
     dag = DagBag(dag_folder=str(DAGS)).get_dag("score_metrics")
 
     # no champion: the run fails, naming the command that fixes it
-    first = sc.end - 6 * HOUR
+    first = sc.end - 4 * HOUR
     refused = _run(dag, sc, first)
     assert refused.state == "failed"
     states = {ti.task_id: ti.state for ti in refused.get_task_instances()}
     assert states["score"] == "failed" and states["wait_for_features"] == "success"
 
     version = trained.version
-    for k in range(6):  # the last 6 hours (the model's test span), pinned version
+    for k in range(4):  # the last 4 hours (in the model's test span), pinned version
         dr = _run(dag, sc, first + k * HOUR, model_version=version)
         assert dr.state == "success", {ti.task_id: ti.state for ti in dr.get_task_instances()}
 
@@ -121,7 +121,7 @@ def test_score_metrics_finds_labelled_faults_explains_publishes_and_signals_drif
 
     # Drift: half a day whose features moved far from the training data signals train_model.
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
-    last = first + 5 * HOUR
+    last = first + 3 * HOUR
     shifted = last + HOUR - 12 * HOUR
     cols = [
         c

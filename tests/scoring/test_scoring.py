@@ -114,7 +114,7 @@ def test_hourly_runs_equal_one_backfill_in_any_order_without_duplicates(fleet) -
     pd.testing.assert_frame_equal(_incidents(lake, sc.source_name), incidents)
 
     # random interleavings of hourly runs, re-runs and overlapping multi-hour backfills
-    for seed in range(2):
+    for seed in (0,):  # one random order per run of the suite (each scores ~15 intervals)
         rng = random.Random(seed)
         _reset(lake, sc.source_name)
         jobs = [(h, h + 1) for h in range(HOURS)] + [
