@@ -50,7 +50,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from anomaly import registry
+from anomaly.connections import postgres_driver_errors, redact
 from anomaly.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -280,32 +280,8 @@ def last_watermark(conn_id: str, *, lake: Lake) -> datetime | None:
 
 
 # ---------------------------------------------------------------------------------- Postgres side
-def _driver_errors() -> tuple[type[BaseException], ...]:
-    """Base error classes of the installed drivers (the provider picks psycopg 3 or psycopg2)."""
-    errors: list[type[BaseException]] = []
-    try:
-        import psycopg2
-
-        errors.append(psycopg2.Error)
-    except ImportError:
-        pass
-    try:
-        import psycopg
-
-        errors.append(psycopg.Error)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-def _redact(text: str) -> str:
-    """Drop anything that looks like a password from a driver or Airflow message."""
-    text = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
-
-
 def _cause(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {_redact(' '.join(str(exc).split()))}"
+    return f"{type(exc).__name__}: {redact(' '.join(str(exc).split()))}"
 
 
 def _describe_target(conn_id: str) -> str:
@@ -334,7 +310,7 @@ def _connect(conn_id: str, target: str) -> Any:
 
     try:
         return PostgresHook(postgres_conn_id=conn_id).get_conn()
-    except (*_driver_errors(), OSError) as exc:
+    except (*postgres_driver_errors(), OSError) as exc:
         raise _fail(conn_id, target, "connecting", exc) from exc
 
 
@@ -347,7 +323,7 @@ def _publish_locked(
     with_scores: bool,
     settings: Settings,
 ) -> dict[str, Any]:
-    errors = _driver_errors()
+    errors = postgres_driver_errors()
     doing = "taking the publish lock"
     try:
         with pg.cursor() as cur:

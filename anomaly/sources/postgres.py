@@ -49,6 +49,7 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
+from anomaly.connections import postgres_driver_errors, redact
 from anomaly.sources.base import CANONICAL_COLUMNS, SourceError, empty_frame, plan_layout, require_aware
 from anomaly.sources.files import long_value_series, melt_values, missing_ts_as_none
 
@@ -95,32 +96,8 @@ def _check_identifier(value: str, what: str, *, dotted: bool = False) -> tuple[s
     return tuple(parts)
 
 
-def _redact(text: str) -> str:
-    """Drop anything that looks like a password from a driver or Airflow message."""
-    text = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
-
-
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {_redact(str(exc).strip())}"
-
-
-def _driver_errors() -> tuple[type[BaseException], ...]:
-    """Base error classes of whichever PostgreSQL drivers are installed."""
-    errors: list[type[BaseException]] = []
-    try:
-        import psycopg2
-
-        errors.append(psycopg2.Error)
-    except ImportError:
-        pass
-    try:
-        import psycopg
-
-        errors.append(psycopg.Error)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return f"{type(exc).__name__}: {redact(str(exc).strip())}"
 
 
 def _sql_module(conn: Any) -> ModuleType:
@@ -240,7 +217,7 @@ class PostgresSource:
             0 2025-01-01 00:00:00+00:00  web-1  cpu_util   0.42
         """
         require_aware(start, end)
-        errors = _driver_errors()
+        errors = postgres_driver_errors()
         conn = self._connect(errors)
         try:
             return self._fetch(conn, _plain_utc(start), _plain_utc(end), errors)

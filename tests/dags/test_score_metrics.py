@@ -10,6 +10,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from tests.simfleet import simulated_fleet
+
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 HOUR = timedelta(hours=1)
@@ -29,28 +31,14 @@ def database():
 @pytest.fixture
 def fleet(airflow_db, anomaly_home, database, monkeypatch):
     """3 hosts x 2 days with faults, features built, a small model trained and pinned."""
-    from anomaly.features import build_range
     from anomaly.settings import get_settings
-    from anomaly.simulate.run import run_scenario
-    from anomaly.simulate.scenario import Scenario
-    from anomaly.store import Lake
     from anomaly.training.train import train_model
 
     monkeypatch.setenv("ANOMALY_TASK_RETRIES", "0")
     monkeypatch.setenv("ANOMALY_PUBLISH_CONN_ID", "anomaly_dagtest_pg")
     monkeypatch.setenv("AIRFLOW_CONN_ANOMALY_DAGTEST_PG", f"postgresql://postgres@127.0.0.1:5432/{database}")
     get_settings.cache_clear()
-    sc = Scenario(
-        hosts=3,
-        days=2,
-        name="dagscore",
-        anomaly_share=0.2,
-        seed=5,
-        types=("cpu_saturation", "memory_leak", "traffic_spike", "level_shift"),
-    )
-    run_scenario(sc)
-    lake = Lake()
-    build_range(sc.source_name, sc.start, sc.end, timedelta(hours=12), run_id="build", lake=lake)
+    sc, lake = simulated_fleet("dagscore")
     result = train_model(
         sc.source_name,
         sc.start,

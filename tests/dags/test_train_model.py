@@ -5,21 +5,18 @@ tasks, evaluate, register, promote; idempotent per run; a set without positives 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
+from tests.simfleet import simulated_fleet
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
 @pytest.fixture
 def fleet(airflow_db, anomaly_home, monkeypatch):
-    from anomaly.features import build_range
     from anomaly.settings import get_settings
-    from anomaly.simulate.run import run_scenario
-    from anomaly.simulate.scenario import Scenario
-    from anomaly.store import Lake
 
     monkeypatch.setenv("ANOMALY_TASK_RETRIES", "0")
     # A toy model on two days need not meet the product's minimums: here the rules are
@@ -27,17 +24,7 @@ def fleet(airflow_db, anomaly_home, monkeypatch):
     for name in ("MIN_EVENT_F1", "MIN_PRECISION", "MIN_RECALL"):
         monkeypatch.setenv(f"ANOMALY_MODEL_{name}", "0")
     get_settings.cache_clear()
-    sc = Scenario(
-        hosts=3,
-        days=2,
-        name="dagtrain",
-        anomaly_share=0.2,
-        seed=5,
-        types=("cpu_saturation", "memory_leak", "traffic_spike", "level_shift"),
-    )
-    run_scenario(sc)
-    lake = Lake()
-    build_range(sc.source_name, sc.start, sc.end, timedelta(hours=12), run_id="build", lake=lake)
+    sc, lake = simulated_fleet("dagtrain")
     return sc, lake
 
 

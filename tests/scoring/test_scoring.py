@@ -12,6 +12,8 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
+from tests.simfleet import simulated_fleet
+
 HOUR = timedelta(hours=1)
 HOURS = 12  # of day 2, scored hour by hour and as backfills
 
@@ -19,28 +21,14 @@ HOURS = 12  # of day 2, scored hour by hour and as backfills
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     """3 hosts x 2 days with faults, features built, a small model trained on day 1 and promoted."""
-    from anomaly.features import build_range
     from anomaly.settings import get_settings
-    from anomaly.simulate.run import run_scenario
-    from anomaly.simulate.scenario import Scenario
-    from anomaly.store import Lake
     from anomaly.training import model_registry
     from anomaly.training.train import train_model
 
     old = os.environ.get("ANOMALY_HOME")
     os.environ["ANOMALY_HOME"] = str(tmp_path_factory.mktemp("scoring-home"))
     get_settings.cache_clear()
-    sc = Scenario(
-        hosts=3,
-        days=2,
-        name="score",
-        anomaly_share=0.2,
-        seed=5,
-        types=("cpu_saturation", "memory_leak", "traffic_spike", "level_shift"),
-    )
-    run_scenario(sc)
-    lake = Lake()
-    build_range(sc.source_name, sc.start, sc.end, timedelta(hours=12), run_id="build", lake=lake)
+    sc, lake = simulated_fleet("score")
     result = train_model(
         sc.source_name,
         sc.start,

@@ -10,31 +10,18 @@ import pandas as pd
 import pytest
 
 from anomaly.training.dataset import TrainingSetError, build_training_set, time_split
+from tests.simfleet import simulated_fleet
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     """3 hosts x 2 days of a simulated scenario with faults, its features built (one lake per module)."""
-    from anomaly.features import build_range
     from anomaly.settings import get_settings
-    from anomaly.simulate.run import run_scenario
-    from anomaly.simulate.scenario import Scenario
-    from anomaly.store import Lake
 
     old = os.environ.get("ANOMALY_HOME")
     os.environ["ANOMALY_HOME"] = str(tmp_path_factory.mktemp("training-home"))
     get_settings.cache_clear()
-    sc = Scenario(
-        hosts=3,
-        days=2,
-        name="train",
-        anomaly_share=0.2,
-        seed=5,
-        types=("cpu_saturation", "memory_leak", "traffic_spike", "level_shift"),
-    )
-    run_scenario(sc)
-    lake = Lake()
-    build_range(sc.source_name, sc.start, sc.end, timedelta(hours=12), run_id="build", lake=lake)
+    sc, lake = simulated_fleet("train")
     yield sc, lake
     if old is None:
         os.environ.pop("ANOMALY_HOME", None)
