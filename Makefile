@@ -32,8 +32,8 @@ prometheus: ## install the Debian prometheus package when missing and we are roo
 demo: env prometheus ## simulate a fleet, serve it from Prometheus, ingest it through Airflow, print it
 	$(UV) run --frozen anomaly demo
 
-test: env prometheus ## run the whole test suite
-	$(UV) run --frozen pytest
+test: env prometheus ## run the whole test suite (2 workers, slowest modules first)
+	$(UV) run --frozen pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 bench-features: env ## time the SQL features against pandas and polars (ARGS=--quick for a smoke run)
 	$(UV) run --frozen python -m bench.bench_features $(ARGS)

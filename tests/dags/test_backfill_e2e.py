@@ -1,14 +1,20 @@
 """End to end with a real scheduler: ``airflow backfill create`` loads exactly the simulated rows,
-and an overlapping backfill that reprocesses finished intervals changes nothing.
+and an overlapping backfill that reprocesses finished intervals changes nothing; a backfill of a
+week of scoring (CLI), then an overlapping one through the REST API the UI's backfill dialog
+calls, leave exactly the scores and incidents of scoring that week hour by hour.
 
 Starts ``airflow standalone`` (API server, scheduler, DAG processor, triggerer; LocalExecutor) on a
 free loopback port for this module, with its metadata in a throw-away database on the real
 PostgreSQL (SQLite answers "database is locked" when the CLI and the scheduler write at once):
-about 40 s and 1.5 GB.
+about 40 s and 1.5 GB. DAGs start paused; each test unpauses the one it backfills. A run takes
+15-30 s here (every task is a fresh process importing pandas, DuckDB, Great Expectations or the
+boosters), so the scoring DAG runs daily intervals in this module (``ANOMALY_SCORE_SCHEDULE``):
+a week is 7 runs, not 168.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,6 +24,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +37,7 @@ BIN = Path(sys.executable).parent
 T0 = datetime(2026, 2, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 HOSTS = 3
+SCORE_SOURCE = "simulation:e2e"
 
 pytestmark = pytest.mark.e2e
 
@@ -41,8 +49,8 @@ def _free_port() -> int:
 
 
 class Airflow:
-    def __init__(self, home: Path, env: dict[str, str], database: str) -> None:
-        self.home, self.env, self.database = home, env, database
+    def __init__(self, home: Path, env: dict[str, str], database: str, url: str) -> None:
+        self.home, self.env, self.database, self.url = home, env, database, url
 
     def _sql(self, query: str, params: tuple = ()) -> pd.DataFrame:
         with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=self.database) as db:
@@ -62,26 +70,39 @@ class Airflow:
         assert out.returncode == 0, f"airflow {' '.join(args)} failed:\n{out.stderr[-3000:]}"
         return out.stdout
 
-    def runs(self, prefix: str = "backfill__") -> pd.DataFrame:
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        """The REST API as the UI calls it (simple auth manager, every user an admin here)."""
+        request = urllib.request.Request(
+            f"{self.url}/api/v2/{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method=method,
+        )
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())
+
+    def runs(self, dag_id: str = "ingest_metrics", prefix: str = "backfill__") -> pd.DataFrame:
         return self._sql(
-            "SELECT run_id, state, data_interval_start, data_interval_end FROM dag_run "
-            "WHERE dag_id = 'ingest_metrics' AND run_id LIKE %s ORDER BY data_interval_start",
-            (prefix + "%",),
+            "SELECT run_id, state, data_interval_start, data_interval_end, clear_number, backfill_id FROM dag_run "
+            "WHERE dag_id = %s AND run_id LIKE %s ORDER BY data_interval_start",
+            (dag_id, prefix + "%"),
         )
 
     def _backfills_completed(self) -> bool:
         # Airflow allows one running backfill per DAG; the scheduler closes it after its last run
         return int(self._sql("SELECT count(*) AS n FROM backfill WHERE completed_at IS NULL")["n"][0]) == 0
 
-    def wait_for_runs(self, expected: int, timeout: float = 300) -> pd.DataFrame:
+    def wait_for_runs(
+        self, expected: int, dag_id: str = "ingest_metrics", timeout: float = 420
+    ) -> pd.DataFrame:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            runs = self.runs()
+            runs = self.runs(dag_id)
             finished = runs[runs["state"].isin(["success", "failed"])]
             if len(runs) >= expected and len(finished) == len(runs) and self._backfills_completed():
                 return runs
             time.sleep(2)
-        raise AssertionError(f"backfill did not finish in {timeout}s:\n{self.runs()}")
+        raise AssertionError(f"backfill did not finish in {timeout}s:\n{self.runs(dag_id)}")
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +120,8 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
@@ -107,6 +129,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         "ANOMALY_SIM_HOSTS": str(HOSTS),
         "ANOMALY_TASK_RETRIES": "1",
         "ANOMALY_RETRY_DELAY_SECONDS": "1",
+        "ANOMALY_SCORE_SCHEDULE": "0 0 * * *",
     }
     log = (base / "standalone.log").open("w")
     proc = subprocess.Popen(
@@ -130,7 +153,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
                 pass
             assert time.monotonic() < deadline, "airflow standalone was not healthy within 180 s"
             time.sleep(2)
-        yield Airflow(base / "airflow", env, database)
+        yield Airflow(base / "airflow", env, database, f"http://127.0.0.1:{port}")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -161,7 +184,8 @@ def _expected(start: datetime, end: datetime) -> pd.DataFrame:
 
 
 def test_backfill_then_overlapping_reprocess_leaves_exactly_the_source_rows(airflow: Airflow) -> None:
-    # logical dates 00:00 .. 05:00 -> six hourly intervals [00:00, 06:00)
+    airflow.cli("dags", "unpause", "ingest_metrics")
+    # logical dates 00:00 .. 02:00 -> three hourly intervals [00:00, 03:00)
     airflow.cli(
         "backfill",
         "create",
@@ -170,37 +194,41 @@ def test_backfill_then_overlapping_reprocess_leaves_exactly_the_source_rows(airf
         "--from-date",
         "2026-02-01T00:00:00+00:00",
         "--to-date",
-        "2026-02-01T05:00:00+00:00",
+        "2026-02-01T02:00:00+00:00",
         # one run at a time, as the DAG says: a feature build reads the interval before its own
         "--max-active-runs",
         "1",
         "--reprocess-behavior",
         "failed",
     )
-    runs = airflow.wait_for_runs(6)
+    runs = airflow.wait_for_runs(3)
     assert (runs["state"] == "success").all(), runs
-    first = _lake_rows(airflow.env, T0, T0 + 6 * HOUR)
-    pd.testing.assert_frame_equal(first, _expected(T0, T0 + 6 * HOUR), check_dtype=False)
+    first = _lake_rows(airflow.env, T0, T0 + 3 * HOUR)
+    pd.testing.assert_frame_equal(first, _expected(T0, T0 + 3 * HOUR), check_dtype=False)
 
-    # overlapping backfill, finished intervals reprocessed: 03:00 .. 08:00
+    # overlapping backfill, the finished 02:00 interval reprocessed, 03:00 new
     airflow.cli(
         "backfill",
         "create",
         "--dag-id",
         "ingest_metrics",
         "--from-date",
-        "2026-02-01T03:00:00+00:00",
+        "2026-02-01T02:00:00+00:00",
         "--to-date",
-        "2026-02-01T08:00:00+00:00",
+        "2026-02-01T03:00:00+00:00",
         "--max-active-runs",
         "1",
         "--reprocess-behavior",
         "completed",
     )
-    runs = airflow.wait_for_runs(9)
+    runs = airflow.wait_for_runs(
+        4, closed=False
+    )  # a reprocessed run is cleared and runs again under its run id
+    airflow.cli("dags", "pause", "ingest_metrics")
     assert (runs["state"] == "success").all(), runs
-    both = _lake_rows(airflow.env, T0, T0 + 9 * HOUR)
-    pd.testing.assert_frame_equal(both, _expected(T0, T0 + 9 * HOUR), check_dtype=False)
+    assert runs["clear_number"].tolist() == [0, 0, 1, 0] and runs["backfill_id"].nunique() == 2, runs
+    both = _lake_rows(airflow.env, T0, T0 + 4 * HOUR)
+    pd.testing.assert_frame_equal(both, _expected(T0, T0 + 4 * HOUR), check_dtype=False)
     assert not both.duplicated(["ts", "host", "metric"]).any()
     # every interval's features were built, once: one row per host and timestamp
     from anomaly.settings import Settings
@@ -208,7 +236,147 @@ def test_backfill_then_overlapping_reprocess_leaves_exactly_the_source_rows(airf
 
     lake = Lake(Settings(home=airflow.env["ANOMALY_HOME"]))
     counts = lake.query(
-        "SELECT (SELECT count(*) FROM features) AS f, (SELECT count(DISTINCT (host, ts)) FROM features) AS k, "
-        "(SELECT count(DISTINCT (host, ts)) FROM raw_metrics) AS r"
+        "SELECT (SELECT count(*) FROM features WHERE source = 'simulation' AND ts < $end) AS f, "
+        "(SELECT count(DISTINCT (host, ts)) FROM features WHERE source = 'simulation' AND ts < $end) AS k, "
+        "(SELECT count(DISTINCT (host, ts)) FROM raw_metrics WHERE source = 'simulation' AND ts < $end) AS r",
+        {"end": T0 + 4 * HOUR},
     ).iloc[0]
-    assert counts["f"] == counts["k"] == counts["r"] >= HOSTS * 9 * 60
+    assert counts["f"] == counts["k"] == counts["r"] >= HOSTS * 4 * 60
+
+
+@contextmanager
+def _anomaly_home(home: str) -> Iterator[None]:
+    """This process works on the standalone's lake while the block runs."""
+    from anomaly.settings import get_settings
+
+    old = os.environ.get("ANOMALY_HOME")
+    os.environ["ANOMALY_HOME"] = home
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("ANOMALY_HOME", None)
+        else:
+            os.environ["ANOMALY_HOME"] = old
+        get_settings.cache_clear()
+
+
+def _scored(lake, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    scores = lake.query(
+        "SELECT host, ts, score, is_anomaly, model_version FROM scores WHERE source = ? ORDER BY host, ts",
+        [source],
+    )
+    incidents = lake.query(
+        "SELECT incident_id, host, start_ts, end_ts, peak_score, mean_score, points, model_version "
+        "FROM incidents WHERE source = ? ORDER BY host, start_ts",
+        [source],
+    )
+    return scores, incidents
+
+
+def test_score_backfill_of_a_week_equals_hourly_scoring_and_an_overlapping_ui_backfill_changes_nothing(
+    airflow: Airflow,
+) -> None:
+    from anomaly.features import build_range
+    from anomaly.scoring import score_interval
+    from anomaly.simulate.run import run_scenario
+    from anomaly.simulate.scenario import Scenario
+    from anomaly.store import Lake
+    from anomaly.training import model_registry
+    from anomaly.training.train import train_model
+
+    day = timedelta(days=1)
+    with _anomaly_home(airflow.env["ANOMALY_HOME"]):
+        # 3 hosts x 8 days at 5 min with typed faults, features built, a small champion
+        sc = Scenario(
+            hosts=3,
+            days=8,
+            name="e2e",
+            anomaly_share=0.2,
+            seed=5,
+            step_seconds=300,
+            types=("cpu_saturation", "memory_leak", "traffic_spike", "level_shift"),
+        )
+        assert sc.source_name == SCORE_SOURCE
+        run_scenario(sc)
+        lake = Lake()
+        build_range(sc.source_name, sc.start, sc.end, day, run_id="build", lake=lake)
+        trained = train_model(
+            sc.source_name,
+            sc.start,
+            sc.end,
+            run_id="train",
+            params={"n_estimators": 20, "random_state": 0},
+            promote=False,
+            lake=lake,
+        )
+        model_registry.promote(trained.version, reason="e2e", lake=lake)
+        week = (sc.start + day, sc.start + 8 * day)
+
+        # the reference: the week scored hour by hour, in this process
+        for h in range(7 * 24):
+            score_interval(sc.source_name, week[0] + h * HOUR, week[0] + (h + 1) * HOUR, f"h{h}", lake=lake)
+        hourly_scores, hourly_incidents = _scored(lake, sc.source_name)
+        assert len(hourly_scores) == 3 * 7 * 288 and hourly_scores["is_anomaly"].any()
+        assert len(hourly_incidents) > 0
+
+        def clear(con):
+            for table in ("scores", "incidents", "score_log"):
+                con.execute(f"DELETE FROM {table} WHERE source = ?", [sc.source_name])
+
+        lake.write(clear)
+
+    # the week as 7 daily runs from the CLI, two at a time
+    airflow.cli("dags", "unpause", "score_metrics")
+    airflow.cli(
+        "backfill",
+        "create",
+        "--dag-id",
+        "score_metrics",
+        "--from-date",
+        week[0].isoformat(),
+        "--to-date",
+        (week[1] - day).isoformat(),
+        "--max-active-runs",
+        "2",
+        "--reprocess-behavior",
+        "failed",
+        "--dag-run-conf",
+        json.dumps({"source": sc.source_name, "publish": False}),
+    )
+    runs = airflow.wait_for_runs(7, "score_metrics")
+    assert (runs["state"] == "success").all(), runs
+    scores, incidents = _scored(lake, sc.source_name)
+    pd.testing.assert_frame_equal(scores, hourly_scores, obj="scores, CLI backfill vs hourly")
+    pd.testing.assert_frame_equal(incidents, hourly_incidents, obj="incidents, CLI backfill vs hourly")
+
+    # an overlapping backfill from the UI's endpoint, finished days reprocessed, newest first
+    created = airflow.api(
+        "POST",
+        "backfills",
+        {
+            "dag_id": "score_metrics",
+            "from_date": (week[0] + 2 * day).isoformat(),
+            "to_date": (week[0] + 4 * day).isoformat(),
+            "run_backwards": True,
+            "reprocess_behavior": "completed",
+            "max_active_runs": 2,
+            "dag_run_conf": {"source": sc.source_name, "publish": False},
+        },
+    )
+    assert created["dag_id"] == "score_metrics"
+    runs = airflow.wait_for_runs(7, "score_metrics", closed=False)
+    airflow.cli("dags", "pause", "score_metrics")
+    assert (runs["state"] == "success").all(), runs
+    assert runs["clear_number"].tolist() == [0, 0, 1, 1, 1, 0, 0], runs  # days 3-5 ran again
+    scores, incidents = _scored(lake, sc.source_name)
+    pd.testing.assert_frame_equal(scores, hourly_scores, obj="scores after the overlapping backfill")
+    pd.testing.assert_frame_equal(incidents, hourly_incidents, obj="incidents after the overlapping backfill")
+    assert not scores.duplicated(["host", "ts"]).any()
+    # every incident the scheduler's runs touched was explained by their explain task
+    explained = lake.query(
+        "SELECT count(*) FILTER (WHERE explained_at IS NULL) AS n FROM incidents WHERE source = ?",
+        [sc.source_name],
+    )
+    assert explained["n"][0] == 0
