@@ -93,13 +93,16 @@ class Airflow:
         return int(self._sql("SELECT count(*) AS n FROM backfill WHERE completed_at IS NULL")["n"][0]) == 0
 
     def wait_for_runs(
-        self, expected: int, dag_id: str = "ingest_metrics", timeout: float = 420
+        self, expected: int, dag_id: str = "ingest_metrics", *, closed: bool = True, timeout: float = 420
     ) -> pd.DataFrame:
+        """Until ``expected`` backfill runs exist and finished; with ``closed``, also until the
+        scheduler closed the backfill (it checks every 30 s), so that another may be created."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             runs = self.runs(dag_id)
             finished = runs[runs["state"].isin(["success", "failed"])]
-            if len(runs) >= expected and len(finished) == len(runs) and self._backfills_completed():
+            done = len(runs) >= expected and len(finished) == len(runs)
+            if done and (not closed or self._backfills_completed()):
                 return runs
             time.sleep(2)
         raise AssertionError(f"backfill did not finish in {timeout}s:\n{self.runs(dag_id)}")
@@ -221,9 +224,8 @@ def test_backfill_then_overlapping_reprocess_leaves_exactly_the_source_rows(airf
         "--reprocess-behavior",
         "completed",
     )
-    runs = airflow.wait_for_runs(
-        4, closed=False
-    )  # a reprocessed run is cleared and runs again under its run id
+    # a reprocessed run is cleared and runs again under its own run id: 4 runs, one cleared once
+    runs = airflow.wait_for_runs(4, closed=False)
     airflow.cli("dags", "pause", "ingest_metrics")
     assert (runs["state"] == "success").all(), runs
     assert runs["clear_number"].tolist() == [0, 0, 1, 0] and runs["backfill_id"].nunique() == 2, runs
