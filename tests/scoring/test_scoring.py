@@ -1,5 +1,5 @@
 """Batch scoring on a simulated fleet: scores, incidents across intervals, backfill equality in any
-order, explanations, gaps and refusals."""
+order (hypothesis interleavings), explanations, gaps, NaN features and refusals."""
 
 from __future__ import annotations
 
