@@ -3,6 +3,10 @@ that twice would reset the session's Airflow home)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 def simulated_fleet(name: str):
     """3 hosts x 2 days with four typed faults (seed 5) through the normal ingest path, features
@@ -27,3 +31,65 @@ def simulated_fleet(name: str):
     lake = Lake()
     build_range(sc.source_name, sc.start, sc.end, timedelta(hours=12), run_id="build", lake=lake)
     return sc, lake
+
+
+@contextmanager
+def anomaly_home(home) -> Iterator[None]:
+    """``ANOMALY_HOME`` is ``home`` while the block runs (for module-scoped fixtures and for work
+    on another process's lake, where pytest's function-scoped monkeypatch does not fit)."""
+    from anomaly.settings import get_settings
+
+    old = os.environ.get("ANOMALY_HOME")
+    os.environ["ANOMALY_HOME"] = str(home)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("ANOMALY_HOME", None)
+        else:
+            os.environ["ANOMALY_HOME"] = old
+        get_settings.cache_clear()
+
+
+def small_model(sc, lake, trees: int = 30):
+    """A small ensemble trained on the whole fleet and registered as a candidate."""
+    from anomaly.training.train import train_model
+
+    return train_model(
+        sc.source_name,
+        sc.start,
+        sc.end,
+        run_id="train",
+        params={"n_estimators": trees, "random_state": 0},
+        promote=False,
+        lake=lake,
+    )
+
+
+def scores_of(lake, source: str):
+    return lake.query(
+        "SELECT host, ts, score, is_anomaly, model_version FROM scores WHERE source = ? ORDER BY host, ts",
+        [source],
+    )
+
+
+def incidents_of(lake, source: str):
+    return lake.query(
+        "SELECT incident_id, host, start_ts, end_ts, peak_score, mean_score, points, model_version "
+        "FROM incidents WHERE source = ? ORDER BY host, start_ts",
+        [source],
+    )
+
+
+def clear_scores(lake, source: str) -> None:
+    """Remove a source's scores, incidents, score log and orphaned explanations."""
+
+    def work(con):
+        for table in ("scores", "incidents", "score_log"):
+            con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
+        con.execute(
+            "DELETE FROM incident_explanations WHERE incident_id NOT IN (SELECT incident_id FROM incidents)"
+        )
+
+    lake.write(work)

@@ -24,7 +24,6 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -246,37 +245,6 @@ def test_backfill_then_overlapping_reprocess_leaves_exactly_the_source_rows(airf
     assert counts["f"] == counts["k"] == counts["r"] >= HOSTS * 4 * 60
 
 
-@contextmanager
-def _anomaly_home(home: str) -> Iterator[None]:
-    """This process works on the standalone's lake while the block runs."""
-    from anomaly.settings import get_settings
-
-    old = os.environ.get("ANOMALY_HOME")
-    os.environ["ANOMALY_HOME"] = home
-    get_settings.cache_clear()
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("ANOMALY_HOME", None)
-        else:
-            os.environ["ANOMALY_HOME"] = old
-        get_settings.cache_clear()
-
-
-def _scored(lake, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    scores = lake.query(
-        "SELECT host, ts, score, is_anomaly, model_version FROM scores WHERE source = ? ORDER BY host, ts",
-        [source],
-    )
-    incidents = lake.query(
-        "SELECT incident_id, host, start_ts, end_ts, peak_score, mean_score, points, model_version "
-        "FROM incidents WHERE source = ? ORDER BY host, start_ts",
-        [source],
-    )
-    return scores, incidents
-
-
 def test_score_backfill_of_a_week_equals_hourly_scoring_and_an_overlapping_ui_backfill_changes_nothing(
     airflow: Airflow,
 ) -> None:
@@ -286,10 +254,10 @@ def test_score_backfill_of_a_week_equals_hourly_scoring_and_an_overlapping_ui_ba
     from anomaly.simulate.scenario import Scenario
     from anomaly.store import Lake
     from anomaly.training import model_registry
-    from anomaly.training.train import train_model
+    from tests.simfleet import anomaly_home, clear_scores, incidents_of, scores_of, small_model
 
     day = timedelta(days=1)
-    with _anomaly_home(airflow.env["ANOMALY_HOME"]):
+    with anomaly_home(airflow.env["ANOMALY_HOME"]):
         # 3 hosts x 8 days at 5 min with typed faults, features built, a small champion
         sc = Scenario(
             hosts=3,
@@ -304,30 +272,17 @@ def test_score_backfill_of_a_week_equals_hourly_scoring_and_an_overlapping_ui_ba
         run_scenario(sc)
         lake = Lake()
         build_range(sc.source_name, sc.start, sc.end, day, run_id="build", lake=lake)
-        trained = train_model(
-            sc.source_name,
-            sc.start,
-            sc.end,
-            run_id="train",
-            params={"n_estimators": 20, "random_state": 0},
-            promote=False,
-            lake=lake,
-        )
-        model_registry.promote(trained.version, reason="e2e", lake=lake)
+        model_registry.promote(small_model(sc, lake, trees=20).version, reason="e2e", lake=lake)
         week = (sc.start + day, sc.start + 8 * day)
 
         # the reference: the week scored hour by hour, in this process
         for h in range(7 * 24):
             score_interval(sc.source_name, week[0] + h * HOUR, week[0] + (h + 1) * HOUR, f"h{h}", lake=lake)
-        hourly_scores, hourly_incidents = _scored(lake, sc.source_name)
+        hourly_scores, hourly_incidents = scores_of(lake, sc.source_name), incidents_of(lake, sc.source_name)
         assert len(hourly_scores) == 3 * 7 * 288 and hourly_scores["is_anomaly"].any()
         assert len(hourly_incidents) > 0
 
-        def clear(con):
-            for table in ("scores", "incidents", "score_log"):
-                con.execute(f"DELETE FROM {table} WHERE source = ?", [sc.source_name])
-
-        lake.write(clear)
+        clear_scores(lake, sc.source_name)
 
     # the week as 7 daily runs from the CLI, two at a time
     airflow.cli("dags", "unpause", "score_metrics")
@@ -349,7 +304,7 @@ def test_score_backfill_of_a_week_equals_hourly_scoring_and_an_overlapping_ui_ba
     )
     runs = airflow.wait_for_runs(7, "score_metrics")
     assert (runs["state"] == "success").all(), runs
-    scores, incidents = _scored(lake, sc.source_name)
+    scores, incidents = scores_of(lake, sc.source_name), incidents_of(lake, sc.source_name)
     pd.testing.assert_frame_equal(scores, hourly_scores, obj="scores, CLI backfill vs hourly")
     pd.testing.assert_frame_equal(incidents, hourly_incidents, obj="incidents, CLI backfill vs hourly")
 
@@ -372,7 +327,7 @@ def test_score_backfill_of_a_week_equals_hourly_scoring_and_an_overlapping_ui_ba
     airflow.cli("dags", "pause", "score_metrics")
     assert (runs["state"] == "success").all(), runs
     assert runs["clear_number"].tolist() == [0, 0, 1, 1, 1, 0, 0], runs  # days 3-5 ran again
-    scores, incidents = _scored(lake, sc.source_name)
+    scores, incidents = scores_of(lake, sc.source_name), incidents_of(lake, sc.source_name)
     pd.testing.assert_frame_equal(scores, hourly_scores, obj="scores after the overlapping backfill")
     pd.testing.assert_frame_equal(incidents, hourly_incidents, obj="incidents after the overlapping backfill")
     assert not scores.duplicated(["host", "ts"]).any()

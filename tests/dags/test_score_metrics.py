@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.simfleet import simulated_fleet
+from tests.simfleet import simulated_fleet, small_model
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
@@ -32,23 +32,13 @@ def database():
 def fleet(airflow_db, anomaly_home, database, monkeypatch):
     """3 hosts x 2 days with faults, features built, a small model trained and pinned."""
     from anomaly.settings import get_settings
-    from anomaly.training.train import train_model
 
     monkeypatch.setenv("ANOMALY_TASK_RETRIES", "0")
     monkeypatch.setenv("ANOMALY_PUBLISH_CONN_ID", "anomaly_dagtest_pg")
     monkeypatch.setenv("AIRFLOW_CONN_ANOMALY_DAGTEST_PG", f"postgresql://postgres@127.0.0.1:5432/{database}")
     get_settings.cache_clear()
     sc, lake = simulated_fleet("dagscore")
-    result = train_model(
-        sc.source_name,
-        sc.start,
-        sc.end,
-        run_id="train",
-        params={"n_estimators": 30, "random_state": 0},
-        promote=False,
-        lake=lake,
-    )
-    return sc, lake, result
+    return sc, lake, small_model(sc, lake)
 
 
 def _run(dag, sc, start, **conf):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from datetime import timedelta
 
 import pandas as pd
@@ -13,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.simfleet import simulated_fleet
+from tests.simfleet import anomaly_home, clear_scores, incidents_of, scores_of, simulated_fleet, small_model
 
 HOUR = timedelta(hours=1)
 HOURS = 12  # of day 2, scored hour by hour and as backfills
@@ -22,57 +21,13 @@ MIX_HOURS = 6  # of day 2, scored in random interleavings
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    """3 hosts x 2 days with faults, features built, a small model trained on day 1 and promoted."""
-    from anomaly.settings import get_settings
+    """3 hosts x 2 days with faults, features built, a small model trained and promoted."""
     from anomaly.training import model_registry
-    from anomaly.training.train import train_model
 
-    old = os.environ.get("ANOMALY_HOME")
-    os.environ["ANOMALY_HOME"] = str(tmp_path_factory.mktemp("scoring-home"))
-    get_settings.cache_clear()
-    sc, lake = simulated_fleet("score")
-    result = train_model(
-        sc.source_name,
-        sc.start,
-        sc.end,
-        run_id="train",
-        params={"n_estimators": 30, "random_state": 0},
-        promote=False,
-        lake=lake,
-    )
-    model_registry.promote(result.version, reason="test", lake=lake)
-    yield sc, lake
-    if old is None:
-        os.environ.pop("ANOMALY_HOME", None)
-    else:
-        os.environ["ANOMALY_HOME"] = old
-    get_settings.cache_clear()
-
-
-def _scores(lake, source) -> pd.DataFrame:
-    return lake.query(
-        "SELECT host, ts, score, is_anomaly, model_version FROM scores WHERE source = ? ORDER BY host, ts",
-        [source],
-    )
-
-
-def _incidents(lake, source) -> pd.DataFrame:
-    return lake.query(
-        "SELECT incident_id, host, start_ts, end_ts, peak_score, mean_score, points FROM incidents "
-        "WHERE source = ? ORDER BY host, start_ts",
-        [source],
-    )
-
-
-def _reset(lake, source) -> None:
-    def work(con):
-        for table in ("scores", "incidents", "score_log"):
-            con.execute(f"DELETE FROM {table} WHERE source = ?", [source])
-        con.execute(
-            "DELETE FROM incident_explanations WHERE incident_id NOT IN (SELECT incident_id FROM incidents)"
-        )
-
-    lake.write(work)
+    with anomaly_home(tmp_path_factory.mktemp("scoring-home")):
+        sc, lake = simulated_fleet("score")
+        model_registry.promote(small_model(sc, lake).version, reason="test", lake=lake)
+        yield sc, lake
 
 
 def _score_hours(sc, lake, hours, day_start):
@@ -89,19 +44,19 @@ def test_hourly_runs_equal_one_backfill_in_any_order_without_duplicates(fleet) -
 
     sc, lake = fleet
     day2 = sc.start + timedelta(days=1)
-    _reset(lake, sc.source_name)
+    clear_scores(lake, sc.source_name)
     _score_hours(sc, lake, range(HOURS), day2)
-    hourly, incidents = _scores(lake, sc.source_name), _incidents(lake, sc.source_name)
+    hourly, incidents = scores_of(lake, sc.source_name), incidents_of(lake, sc.source_name)
     assert len(hourly) > 0 and not hourly.duplicated(["host", "ts"]).any()
     assert incidents["points"].sum() == hourly["is_anomaly"].sum()
     # an incident crossing an hour boundary is one incident, not one per hour
     crossing = incidents[incidents["start_ts"].dt.floor("h") != incidents["end_ts"].dt.floor("h")]
     assert len(crossing) > 0
 
-    _reset(lake, sc.source_name)
+    clear_scores(lake, sc.source_name)
     score_interval(sc.source_name, day2, day2 + HOURS * HOUR, "backfill", lake=lake)
-    pd.testing.assert_frame_equal(_scores(lake, sc.source_name), hourly)
-    pd.testing.assert_frame_equal(_incidents(lake, sc.source_name), incidents)
+    pd.testing.assert_frame_equal(scores_of(lake, sc.source_name), hourly)
+    pd.testing.assert_frame_equal(incidents_of(lake, sc.source_name), incidents)
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +66,9 @@ def backfilled(fleet):
 
     sc, lake = fleet
     day2 = sc.start + timedelta(days=1)
-    _reset(lake, sc.source_name)
+    clear_scores(lake, sc.source_name)
     score_interval(sc.source_name, day2, day2 + MIX_HOURS * HOUR, "reference", lake=lake)
-    return _scores(lake, sc.source_name), _incidents(lake, sc.source_name)
+    return scores_of(lake, sc.source_name), incidents_of(lake, sc.source_name)
 
 
 # a backfill or re-run of hours [a, b) of day 2
@@ -137,35 +92,35 @@ def test_any_interleaving_of_runs_reruns_and_overlapping_backfills_gives_the_sam
     sc, lake = fleet
     day2 = sc.start + timedelta(days=1)
     reference_scores, reference_incidents = backfilled
-    _reset(lake, sc.source_name)
+    clear_scores(lake, sc.source_name)
     jobs = [(h, h + 1) for h in range(MIX_HOURS)] + extra  # every hour at least once
     order.shuffle(jobs)
     for a, b in jobs:
         score_interval(sc.source_name, day2 + a * HOUR, day2 + b * HOUR, f"mix-{a}-{b}", lake=lake)
-    scores = _scores(lake, sc.source_name)
+    scores = scores_of(lake, sc.source_name)
     assert not scores.duplicated(["host", "ts"]).any()
     pd.testing.assert_frame_equal(scores, reference_scores, obj=f"scores after {jobs}")
     pd.testing.assert_frame_equal(
-        _incidents(lake, sc.source_name), reference_incidents, obj=f"incidents after {jobs}"
+        incidents_of(lake, sc.source_name), reference_incidents, obj=f"incidents after {jobs}"
     )
 
 
 def test_an_incident_open_at_the_end_of_an_interval_is_extended_with_the_same_id(fleet) -> None:
     sc, lake = fleet
     day2 = sc.start + timedelta(days=1)
-    _reset(lake, sc.source_name)
+    clear_scores(lake, sc.source_name)
     _score_hours(sc, lake, range(HOURS), day2)
-    full = _incidents(lake, sc.source_name)
+    full = incidents_of(lake, sc.source_name)
     long = full[(full["end_ts"] - full["start_ts"]) > HOUR].iloc[0]
     cut = long["start_ts"].ceil("h")  # an hour boundary inside the incident
-    _reset(lake, sc.source_name)
+    clear_scores(lake, sc.source_name)
     first_hours = range(0, int((cut - pd.Timestamp(day2)) / HOUR))
     _score_hours(sc, lake, first_hours, day2)
-    open_ = _incidents(lake, sc.source_name)
+    open_ = incidents_of(lake, sc.source_name)
     partial = open_[open_["incident_id"] == long["incident_id"]].iloc[0]
     assert partial["end_ts"] < long["end_ts"] and partial["points"] < long["points"]
     _score_hours(sc, lake, range(len(first_hours), HOURS), day2)
-    after = _incidents(lake, sc.source_name)
+    after = incidents_of(lake, sc.source_name)
     pd.testing.assert_frame_equal(after, full)
     assert (after["incident_id"] == long["incident_id"]).sum() == 1
 
@@ -175,7 +130,7 @@ def test_every_incident_is_explained_with_top_features_from_its_points(fleet) ->
 
     sc, lake = fleet
     day2 = sc.start + timedelta(days=1)
-    _reset(lake, sc.source_name)
+    clear_scores(lake, sc.source_name)
     _score_hours(sc, lake, range(6), day2)
     first = explain_incidents(sc.source_name, lake=lake)
     incidents = lake.query("SELECT * FROM incidents WHERE source = ?", [sc.source_name])
