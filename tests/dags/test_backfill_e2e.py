@@ -245,6 +245,7 @@ def test_backfill_then_overlapping_reprocess_leaves_exactly_the_source_rows(airf
     assert counts["f"] == counts["k"] == counts["r"] >= HOSTS * 4 * 60
 
 
+@pytest.mark.timeout(1500)  # ~6.5 min alone; over 10 min while the other worker runs the rest
 def test_score_backfill_of_a_week_equals_hourly_scoring_and_an_overlapping_ui_backfill_changes_nothing(
     airflow: Airflow,
 ) -> None:

@@ -42,9 +42,9 @@ before = set(sys.modules)
 path = sys.argv[1]
 spec = importlib.util.spec_from_file_location("dag_under_test", path)
 module = importlib.util.module_from_spec(spec)
-t0 = time.perf_counter()
+t0 = time.process_time()  # CPU time: other processes on the cores do not count
 spec.loader.exec_module(module)
-elapsed = time.perf_counter() - t0
+elapsed = time.process_time() - t0
 from airflow.sdk import DAG
 dags = [v.dag_id for v in vars(module).values() if isinstance(v, DAG)]
 new = sorted({m.split(".")[0] for m in set(sys.modules) - before})
