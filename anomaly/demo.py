@@ -462,8 +462,9 @@ def _train_and_score(console, source: str, start: datetime, end: datetime, trees
     console.print(
         f"model v{record.version} ({time.perf_counter() - t0:.0f}s): test span point precision "
         f"{m['point']['precision']:.3f}, recall {m['point']['recall']:.3f}, PR-AUC {m['point']['pr_auc']:.3f}; "
-        f"event recall {m['event']['event_recall']:.3f}, event F1 {m['event']['event_f1']:.3f}; "
-        f"status {record.status}: {record.reason}",
+        f"event recall {m['event']['event_recall']:.3f}, event F1 {m['event']['event_f1']:.3f} "
+        f"(point threshold {record.threshold:.4g}, alert threshold {record.alert_threshold:.4g}: "
+        f"{m.get('alert_threshold_basis', 'the point threshold')}); status {record.status}: {record.reason}",
         soft_wrap=True,
     )
     console.print(f"report: {settings.model_reports_dir / f'v{record.version}.html'}", soft_wrap=True)

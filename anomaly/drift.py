@@ -9,7 +9,8 @@ it never trained on; the whole training range if the record has no split). It me
   a feature has drifted when its PSI exceeds ``ANOMALY_DRIFT_PSI_THRESHOLD`` (0.25);
 * the PSI of the window's scores against the reference scores
   (``ANOMALY_DRIFT_SCORE_PSI_THRESHOLD``, 0.25);
-* the window's alert rate (share of scored points flagged) against the rate the model flagged
+* the window's alert rate (share of scored points flagged ``is_anomaly``, at the point threshold:
+  more of them than ``is_alert`` points, so a steadier rate) against the rate the model flagged
   on its own test span: drift above ``ANOMALY_DRIFT_ALERT_RATE_FACTOR`` (3) times that rate.
 
 The window has drifted, which should retrain the model, when at least

@@ -11,8 +11,10 @@ and the model, not of the order the intervals ran in.
 **Gaps.** A (host, ts) the raw data has in the interval but ``features`` lacks (a quarantined or
 unbuilt hour) is not scored; ``score_log.missing`` records it per host (count, first, last).
 
-**Incidents** are maximal runs of anomalous points of one host in which consecutive points are at
-most ``ANOMALY_INCIDENT_GAP_SECONDS`` apart, whatever interval they were scored in. After the
+**Incidents** are maximal runs of alert points (``scores.is_alert``: score at or above the model's
+alert threshold, tuned on validation data for the best event F1; ``is_anomaly`` is the lower,
+recall-tuned point threshold) of one host in which consecutive points are at most
+``ANOMALY_INCIDENT_GAP_SECONDS`` apart, whatever interval they were scored in. After the
 interval's scores are replaced, every incident of the source within the gap of the interval is
 deleted and its host's runs are recomputed over the span they covered plus the interval: an
 incident open at an interval's end is extended by the next run (same id), two incidents joined by
@@ -20,7 +22,7 @@ a backfilled hour become one. ``incident_id`` is md5(source, host, first point):
 re-runs as long as the run's first point is.
 
 **Explanations.** :func:`explain_incidents` computes, for incidents whose points changed
-(``explained_at`` NULL), the XGBoost member's tree SHAP contributions on their anomalous points
+(``explained_at`` NULL), the XGBoost member's tree SHAP contributions on their alert points
 only (at most ``EXPLAIN_MAX_POINTS`` per incident, evenly spaced), averages them per feature and
 keeps the ``ANOMALY_EXPLAIN_TOP`` largest by magnitude in ``incident_explanations``; the
 incident's ``top_metrics`` are the metrics of those features. It runs outside the scoring
@@ -69,6 +71,7 @@ class ScoreReport:
     model_version: int
     rows: int = 0
     anomalies: int = 0
+    alerts: int = 0
     hosts: int = 0
     expected_rows: int = 0
     missing: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -215,7 +218,10 @@ def score_interval(
     out = frame[["host", "ts"]].copy()
     out["score"] = scores.astype(np.float64)
     out["is_anomaly"] = out["score"] >= record.threshold
+    alert = record.alert_threshold if settings.alert_threshold is None else settings.alert_threshold
+    out["is_alert"] = out["score"] >= alert
     report.rows, report.anomalies = len(out), int(out["is_anomaly"].sum())
+    report.alerts = int(out["is_alert"].sum())
     report.hosts = int(out["host"].nunique())
     gap = timedelta(seconds=settings.incident_gap_seconds)
 
@@ -226,8 +232,9 @@ def score_interval(
         con.register("new_scores", out)
         con.execute(
             f"""
-            INSERT INTO {registry.SCORES} (source, host, ts, score, is_anomaly, model_version, run_id, scored_at)
-            SELECT ?, host, ts, score, is_anomaly, ?, ?, now() FROM new_scores
+            INSERT INTO {registry.SCORES} (source, host, ts, score, is_anomaly, is_alert, model_version,
+                run_id, scored_at)
+            SELECT ?, host, ts, score, is_anomaly, is_alert, ?, ?, now() FROM new_scores
             """,
             [source, record.version, run_id],
         )
@@ -291,7 +298,7 @@ def _recompute_incidents(
             GROUP BY host
         ), hosts AS (
             SELECT DISTINCT host FROM {registry.SCORES}
-            WHERE source = $source AND ts >= $start AND ts < $end AND is_anomaly
+            WHERE source = $source AND ts >= $start AND ts < $end AND coalesce(is_alert, is_anomaly)
             UNION SELECT host FROM old
         )
         SELECT h.host, least(coalesce(o.lo, $start), $start) AS lo, greatest(coalesce(o.hi, $end), $end) AS hi
@@ -307,7 +314,7 @@ def _recompute_incidents(
         f"DELETE FROM {registry.INCIDENT_EXPLANATIONS} WHERE incident_id IN ({doomed})", {"source": source}
     )
     con.execute(f"DELETE FROM {registry.INCIDENTS} WHERE incident_id IN ({doomed})", {"source": source})
-    # Anomalous points of those hosts over their span, one gap beyond on each side so a run that
+    # Alert points of those hosts over their span, one gap beyond on each side so a run that
     # reaches past the span (an incident left outside it by a shorter earlier run) joins in.
     con.execute(
         f"""
@@ -316,7 +323,7 @@ def _recompute_incidents(
         WITH points AS (
             SELECT sc.host, sc.ts, sc.score, sc.model_version
             FROM {registry.SCORES} sc JOIN span s USING (host)
-            WHERE sc.source = $source AND sc.is_anomaly
+            WHERE sc.source = $source AND coalesce(sc.is_alert, sc.is_anomaly)
               AND sc.ts >= s.lo - to_seconds($gap) AND sc.ts <= s.hi + to_seconds($gap)
         ), marked AS (
             SELECT *, CASE WHEN lag(ts) OVER w IS NULL OR ts - lag(ts) OVER w > to_seconds($gap)
@@ -396,7 +403,7 @@ def explain_incidents(
             check_features(record, feature_columns(con))
             cols = ", ".join(_ident(f) for f in record.features)
             con.register("pending_incidents", group[["incident_id", "host", "start_ts", "end_ts"]])
-            # the anomalous points of each incident, at most EXPLAIN_MAX_POINTS evenly spaced
+            # the alert points of each incident, at most EXPLAIN_MAX_POINTS evenly spaced
             frame = con.execute(
                 f"""
                 WITH pts AS (
@@ -405,7 +412,7 @@ def explain_incidents(
                            count(*) OVER (PARTITION BY p.incident_id) AS n
                     FROM pending_incidents p
                     JOIN {registry.SCORES} s ON s.source = ? AND s.host = p.host
-                         AND s.ts >= p.start_ts AND s.ts <= p.end_ts AND s.is_anomaly
+                         AND s.ts >= p.start_ts AND s.ts <= p.end_ts AND coalesce(s.is_alert, s.is_anomaly)
                     JOIN (SELECT host, ts, {cols} FROM {registry.FEATURES} WHERE source = ?) f
                          ON f.host = s.host AND f.ts = s.ts
                 )

@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     model_target_recall: float = Field(
         0.90, gt=0, le=1, description="Recall the decision threshold is tuned to reach on validation data."
     )
+    alert_min_events: int = Field(
+        10,
+        ge=1,
+        description="Labelled events the validation span needs to tune the alert threshold; with fewer, "
+        "the point threshold also raises incidents.",
+    )
 
     # --- scoring ---------------------------------------------------------------
     score_schedule: str = Field(
@@ -148,7 +154,14 @@ class Settings(BaseSettings):
     )
     score_source: str = Field("simulation", description="Source the score_metrics DAG scores by default.")
     incident_gap_seconds: float = Field(
-        300.0, ge=0, description="Anomalous points of a host closer than this form one incident."
+        300.0, ge=0, description="Alert points of a host closer than this form one incident."
+    )
+    alert_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Score at or above which a scored point raises an incident (is_alert); unset: the "
+        "model's own alert threshold, tuned on validation data for the best event F1.",
     )
     explain_top: int = Field(5, ge=1, le=50, description="Contributing features stored per incident.")
     publish_conn_id: str = Field(

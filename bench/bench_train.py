@@ -1,14 +1,19 @@
 """Benchmark the ensemble on a simulated fleet: the targets of the training issue.
 
-    python -m bench.bench_train [--quick] [--hosts 20] [--days 7] [--share 0.2] [--seed 7]
+    python -m bench.bench_train [--quick] [--hosts 20] [--days 14] [--share 0.2] [--seed 7]
 
 1. Simulate a fleet with every fault type (``anomaly.simulate``) through the normal ingest
    path into a lake of its own (``var/bench/train/``; reused when the same scenario is there),
    and build its features.
-2. Train on the earlier part of the range, tune the threshold on a later validation span, test
-   on the last span (embargo between spans): point precision, recall, F1, PR-AUC; event
-   precision, recall, F1; mean time to detect. Targets: event F1 >= 0.90, point precision >= 0.80,
-   point recall >= 0.90.
+2. Train on the earlier part of the range, tune the point and alert thresholds on a later
+   validation span, test on the last span (embargo between spans): point precision, recall, F1,
+   PR-AUC at the point threshold; event precision, recall, F1 and mean time to detect at the
+   alert threshold. Targets: event F1 >= 0.90, point precision >= 0.80, point recall >= 0.90.
+
+   Two weeks by default, as ``ANOMALY_TRAIN_DAYS``: with 7 days (from a Monday) the train span
+   held no weekend and the test span was the weekend, whose lower traffic the model had never
+   seen: 5-40 % of normal weekend points scored above 0.5, point precision 0.216 (0.763 with 14
+   days, same seed and model).
 3. Leave types out: five fault types are removed from the train and validation spans and kept
    in the test span. Event recall on those unseen types, for the whole ensemble, for its
    supervised members alone and for the ensemble with the optional ``lof`` member (same data,
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="6 hosts x 3 days, 60 trees: a smoke run")
     parser.add_argument("--hosts", type=int, default=20)
-    parser.add_argument("--days", type=float, default=7.0)
+    parser.add_argument("--days", type=float, default=14.0)
     parser.add_argument("--share", type=float, default=0.2, help="labelled share of the points")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--trees", type=int, default=300)
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         unseen_view = _unseen_view(result)
         runs[label] = {
             **result.summary(),
+            "false_alarms": result.metrics["event"]["false_alarm_events"],
             "seconds": seconds,
             "unseen_event_recall": {t: by_type.get(t, {}).get("event_recall") for t in UNSEEN},
             "unseen_point_recall": {t: by_type.get(t, {}).get("point_recall") for t in UNSEEN},
@@ -187,7 +193,16 @@ def _fmt(value: Any) -> str:
 
 def _print(report: dict[str, Any]) -> None:
     print()
-    cols = ("precision", "recall", "f1", "pr_auc", "event_precision", "event_recall", "event_f1")
+    cols = (
+        "precision",
+        "recall",
+        "f1",
+        "pr_auc",
+        "event_precision",
+        "event_recall",
+        "event_f1",
+        "false_alarms",
+    )
     print(f"{'run':32s}" + "".join(f"{c:>16s}" for c in cols) + f"{'MTTD s':>10s}{'fit s':>8s}")
     for label, r in report["runs"].items():
         print(
@@ -196,6 +211,11 @@ def _print(report: dict[str, Any]) -> None:
             + f"{_fmt(r['mean_time_to_detect_s']):>10s}{r['seconds']:>8.0f}"
         )
     main_run = report["runs"]["all types, ensemble"]
+    print(
+        f"\nthresholds tuned on validation (all types): point {main_run['threshold']:.4f} (recall "
+        f"target), alert {main_run['alert_threshold']:.4f} (best event F1); point metrics at the first, "
+        "event metrics at the second"
+    )
     print("\ntargets on the test span (all types):")
     for name, floor in TARGETS.items():
         value = main_run[name]
@@ -217,7 +237,7 @@ def _print(report: dict[str, Any]) -> None:
                 for k in ("alarm_0.01", "alarm_0.05")
             )
         )
-    print("\nevent recall on the five unseen types at the recall-tuned threshold:")
+    print("\nevent recall on the five unseen types at the alert threshold:")
     for t in UNSEEN:
         print(
             f"  {t:18s} ensemble {_fmt(ens['unseen_event_recall'][t]):>6s}   supervised only "

@@ -2,8 +2,9 @@
 ### score_metrics
 
 Scores one data interval `[data_interval_start, data_interval_end)` of a source with the champion
-model (or the version pinned by the `model_version` param), groups anomalous points into
-incidents, explains them, publishes them to Postgres and watches drift.
+model (or the version pinned by the `model_version` param), groups alert points (score at or
+above the model's alert threshold) into incidents, explains them, publishes them to Postgres and
+watches drift.
 
 Tasks: `wait_for_features` >> `score` >> `explain` >> `publish`, and `score` >> `check_drift` >>
 `signal_drift`.

@@ -34,22 +34,32 @@ def simulated_fleet(name: str):
 
 
 @contextmanager
-def anomaly_home(home) -> Iterator[None]:
-    """``ANOMALY_HOME`` is ``home`` while the block runs (for module-scoped fixtures and for work
-    on another process's lake, where pytest's function-scoped monkeypatch does not fit)."""
+def environment(**values: str | None) -> Iterator[None]:
+    """Environment variables set (a value) or removed (None) while the block runs, settings
+    re-read on entry and exit (for module-scoped fixtures and for work on another process's
+    lake, where pytest's function-scoped monkeypatch does not fit)."""
     from anomaly.settings import get_settings
 
-    old = os.environ.get("ANOMALY_HOME")
-    os.environ["ANOMALY_HOME"] = str(home)
-    get_settings.cache_clear()
+    old = {key: os.environ.get(key) for key in values}
+
+    def apply(new: dict[str, str | None]) -> None:
+        for key, value in new.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = str(value)
+        get_settings.cache_clear()
+
+    apply(values)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("ANOMALY_HOME", None)
-        else:
-            os.environ["ANOMALY_HOME"] = old
-        get_settings.cache_clear()
+        apply(old)
+
+
+def anomaly_home(home):
+    """``ANOMALY_HOME`` is ``home`` while the block runs."""
+    return environment(ANOMALY_HOME=str(home))
 
 
 def small_model(sc, lake, trees: int = 30):
@@ -69,7 +79,7 @@ def small_model(sc, lake, trees: int = 30):
 
 def scores_of(lake, source: str):
     return lake.query(
-        "SELECT host, ts, score, is_anomaly, model_version FROM scores WHERE source = ? ORDER BY host, ts",
+        "SELECT host, ts, score, is_anomaly, is_alert, model_version FROM scores WHERE source = ? ORDER BY host, ts",
         [source],
     )
 

@@ -2,14 +2,16 @@
 
 Each trained ensemble is registered as a new version with everything needed to judge and
 rebuild it: parameters, feature list, the training set's record (source, range, labels,
-snapshot, split), the decision threshold tuned on validation data, its metrics on the test
-span, and its artifacts (each library's native format) with their SHA-256. Artifacts are
-checked against the registry's hashes before anything is read from them.
+snapshot, split), the point threshold tuned on validation data (the alert threshold is stored
+with the metrics), its metrics on the test span, and its artifacts (each library's native
+format) with their SHA-256. Artifacts are checked against the registry's hashes before anything
+is read from them.
 
 Promotion (:func:`promote_if_better`): a challenger becomes champion only when it meets the
 configured minimums (event F1, point precision, point recall) AND is at least as good as the
 current champion on the primary metric, the champion being scored on the challenger's own test
-span (same rows, its own threshold). Otherwise it stays a candidate with the reason recorded.
+span (same rows, its own point and alert thresholds). Otherwise it stays a candidate with the
+reason recorded.
 :func:`promote` (by hand) and :func:`rollback` record their reason too.
 """
 
@@ -67,6 +69,13 @@ class ModelRecord:
     reason: str | None
     promoted_at: datetime | None
     retired_at: datetime | None
+
+    @property
+    def alert_threshold(self) -> float:
+        """The score that raises an incident (tuned on validation for event F1, stored with the
+        test metrics); the point threshold for models registered before it existed."""
+        value = self.metrics.get("alert_threshold")
+        return self.threshold if value is None else float(value)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ModelRecord:
@@ -211,13 +220,16 @@ def champion(*, lake: Lake | None = None) -> ModelRecord | None:
 
 
 def list_models(*, lake: Lake | None = None) -> pd.DataFrame:
-    """Versions newest first: status, when, primary metric, threshold, reason."""
+    """Versions newest first: status, when, primary metric, point and alert thresholds, reason."""
     from anomaly.store import Lake
 
     lake = lake or Lake()
     return lake.query(
         f"""
-        SELECT version, status, created_at, primary_metric, primary_value, threshold, len(features) AS features,
+        SELECT version, status, created_at, primary_metric, primary_value, threshold,
+               coalesce(TRY_CAST(json_extract_string(metrics, '$.alert_threshold') AS DOUBLE), threshold)
+                   AS alert_threshold,
+               len(features) AS features,
                data_start, data_end, snapshot, reason
         FROM {registry.MODELS} ORDER BY version DESC
         """
@@ -288,7 +300,7 @@ def promote_if_better(
         else:
             model = load(incumbent)
             scores = model.decision_function(test_points[incumbent.features])
-            incumbent_metrics = evaluate(test_points, scores, incumbent.threshold)
+            incumbent_metrics = evaluate(test_points, scores, incumbent.threshold, incumbent.alert_threshold)
     ok, why = decide(challenger.metrics, incumbent_metrics, settings)
     if ok:
         _set_champion(lake, challenger.version, why)

@@ -9,7 +9,8 @@
   parallel), each returning the file's SHA-256;
 * ``model/`` (the assembled ensemble), ``test.parquet`` (test rows with their scores) and
   ``evaluation.json`` from :func:`evaluate`, which loads the members only after their SHA-256
-  matched, fits the combiner, tunes the threshold on validation and evaluates on test;
+  matched, fits the combiner, tunes the point and alert thresholds on validation and evaluates
+  on test;
 * then :func:`register` (a candidate in ``models`` and its HTML report) and :func:`promote`.
 
 **Idempotent per run.** A retried or cleared task finds what its run already produced: the

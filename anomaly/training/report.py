@@ -183,7 +183,8 @@ def _num(value: Any, digits: int = 3) -> str:
 def _headline(threshold: float, metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     point, event = metrics.get("point") or {}, metrics.get("event") or {}
     rows = [
-        ("Threshold (flag when score ≥)", f"{threshold:.4g}"),
+        ("Point threshold (is_anomaly when score ≥)", f"{threshold:.4g}"),
+        ("Alert threshold (events, incidents)", _num(metrics.get("alert_threshold"), 4)),
         ("Point precision", _num(point.get("precision"))),
         ("Point recall", _num(point.get("recall"))),
         ("Point F1", _num(point.get("f1"))),

@@ -5,9 +5,11 @@
    feature window between them (optionally holding out hosts for the test span).
 3. Fit the ensemble on the train span (it learns its member combination on the last part of
    it, in time order).
-4. Tune the decision threshold on the validation span only, to reach the target recall at the
-   best precision.
-5. Evaluate on the test span: point, event, per-type and calibration metrics.
+4. Tune two thresholds on the validation span only: the point threshold, to reach the target
+   recall at the best precision (``scores.is_anomaly``), and the alert threshold, at the best
+   event F1 (what raises an incident; :func:`~anomaly.training.metrics.tune_alert_threshold`).
+5. Evaluate on the test span: point, event, per-type and calibration metrics (points at the
+   point threshold, events at the alert threshold).
 6. Register the model as a candidate; promote it if it meets the minimums and beats the
    champion scored on the same test span.
 
@@ -64,6 +66,7 @@ class TrainResult:
             "decision": self.decision,
             "report": None if self.report is None else str(self.report),
             "threshold": self.threshold,
+            "alert_threshold": self.metrics.get("alert_threshold", self.threshold),
             "precision": point["precision"],
             "recall": point["recall"],
             "f1": point["f1"],
@@ -136,7 +139,7 @@ def fit_and_evaluate(
     with ``AnomalyEnsemble(**params).fit_member`` on :func:`spans`' train rows (the DAG's
     parallel tasks)."""
     from anomaly.training.ensemble import AnomalyEnsemble
-    from anomaly.training.metrics import evaluate, tune_threshold
+    from anomaly.training.metrics import evaluate, tune_alert_threshold, tune_threshold
 
     settings = settings or get_settings()
     frame = training_set.frame
@@ -160,9 +163,23 @@ def fit_and_evaluate(
     val_scores = model.decision_function(frame.loc[validation, features])
     val_labels = frame.loc[validation, "label"].to_numpy()
     threshold = tune_threshold(val_labels, val_scores, target_recall or settings.model_target_recall)
+    val_events = int(frame.loc[validation, "event_id"].nunique())
+    if val_events >= settings.alert_min_events:
+        alert_threshold = tune_alert_threshold(
+            frame.loc[validation, ["host", "ts", "event_id"]], val_scores, floor=threshold
+        )
+        alert_basis = f"best event F1 on {val_events} validation events"
+    else:  # a best event F1 over a handful of events is one event's peak score, not a threshold
+        alert_threshold = threshold
+        alert_basis = (
+            f"the point threshold: {val_events} validation events, fewer than ANOMALY_ALERT_MIN_EVENTS "
+            f"({settings.alert_min_events}) to tune one"
+        )
+        log.warning("alert threshold = %s", alert_basis)
     test_points = frame.loc[test].reset_index(drop=True)
     test_scores = model.decision_function(test_points[features])
-    metrics = evaluate(test_points, test_scores, threshold)
+    metrics = evaluate(test_points, test_scores, threshold, alert_threshold)
+    metrics["alert_threshold_basis"] = alert_basis
     n_train = int(train.sum())
     pos_train = int(frame.loc[train, "label"].sum())
     metrics["class_shares"] = {

@@ -137,6 +137,7 @@ def _store_scores(lake, points: pd.DataFrame, model: AnomalyEnsemble, record) ->
             "ts": points["ts"],
             "score": scores,
             "is_anomaly": scores >= record.threshold,
+            "is_alert": scores >= record.alert_threshold,
             "model_version": record.version,
             "run_id": "score-run",
             "scored_at": pd.Timestamp("2026-07-01", tz="UTC"),
@@ -145,7 +146,7 @@ def _store_scores(lake, points: pd.DataFrame, model: AnomalyEnsemble, record) ->
 
     def work(con) -> None:
         con.register("new_scores", rows)
-        con.execute(f"INSERT INTO {registry.SCORES} SELECT * FROM new_scores")
+        con.execute(f"INSERT INTO {registry.SCORES} BY NAME SELECT * FROM new_scores")
         con.unregister("new_scores")
 
     lake.write(work)

@@ -135,7 +135,9 @@ def score_runs(
             scores = _scores(source, start, end, incidents, salt)
             con.execute("DELETE FROM scores WHERE source = ? AND ts >= ? AND ts < ?", [source, start, end])
             con.executemany(
-                "INSERT INTO scores VALUES (?, ?, ?, ?, ?, 1, ?, now())", [(*r, run_id) for r in scores]
+                "INSERT INTO scores (source, host, ts, score, is_anomaly, model_version, run_id, scored_at, "
+                "is_alert) VALUES (?, ?, ?, ?, ?, 1, ?, now(), ?)",
+                [(*r, run_id, r[4]) for r in scores],
             )
             for iid, src, host, t1, t2, top, expl in incidents:
                 con.execute(

@@ -12,7 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.simfleet import anomaly_home, clear_scores, incidents_of, scores_of, simulated_fleet, small_model
+from tests.simfleet import (
+    anomaly_home,
+    clear_scores,
+    environment,
+    incidents_of,
+    scores_of,
+    simulated_fleet,
+    small_model,
+)
 
 HOUR = timedelta(hours=1)
 HOURS = 12  # of day 2, scored hour by hour and as backfills
@@ -26,8 +34,15 @@ def fleet(tmp_path_factory):
 
     with anomaly_home(tmp_path_factory.mktemp("scoring-home")):
         sc, lake = simulated_fleet("score")
-        model_registry.promote(small_model(sc, lake).version, reason="test", lake=lake)
-        yield sc, lake
+        with environment(ANOMALY_ALERT_MIN_EVENTS="1"):  # its validation span holds a few events
+            record = small_model(sc, lake)
+        model_registry.promote(record.version, reason="test", lake=lake)
+        # The incident mechanics below need incidents that cross hours. This small model's own
+        # alert threshold (tuned on a validation span of a few events) pages on a few minutes
+        # only, so these tests page on every flagged point (the operator override);
+        # test_incidents_are_runs_of_the_models_alert_points checks the model's own threshold.
+        with environment(ANOMALY_ALERT_THRESHOLD=str(record.threshold)):
+            yield sc, lake
 
 
 def _score_hours(sc, lake, hours, day_start):
@@ -48,7 +63,7 @@ def test_hourly_runs_equal_one_backfill_in_any_order_without_duplicates(fleet) -
     _score_hours(sc, lake, range(HOURS), day2)
     hourly, incidents = scores_of(lake, sc.source_name), incidents_of(lake, sc.source_name)
     assert len(hourly) > 0 and not hourly.duplicated(["host", "ts"]).any()
-    assert incidents["points"].sum() == hourly["is_anomaly"].sum()
+    assert incidents["points"].sum() == hourly["is_alert"].sum() > 0
     # an incident crossing an hour boundary is one incident, not one per hour
     crossing = incidents[incidents["start_ts"].dt.floor("h") != incidents["end_ts"].dt.floor("h")]
     assert len(crossing) > 0
@@ -123,6 +138,35 @@ def test_an_incident_open_at_the_end_of_an_interval_is_extended_with_the_same_id
     after = incidents_of(lake, sc.source_name)
     pd.testing.assert_frame_equal(after, full)
     assert (after["incident_id"] == long["incident_id"]).sum() == 1
+
+
+def test_incidents_are_runs_of_the_models_alert_points(fleet) -> None:
+    """Without the override, a point raises an incident when its score reaches the model's alert
+    threshold (tuned for event F1), not the lower point threshold behind is_anomaly."""
+    from anomaly.scoring import score_interval
+    from anomaly.training import model_registry
+
+    sc, lake = fleet
+    record = model_registry.champion(lake=lake)
+    assert record.threshold < record.alert_threshold == record.metrics["alert_threshold"]
+    day2 = sc.start + timedelta(days=1)
+    clear_scores(lake, sc.source_name)
+    with environment(ANOMALY_ALERT_THRESHOLD=None):
+        report = score_interval(sc.source_name, day2, day2 + 24 * HOUR, "own-threshold", lake=lake)
+    scores, incidents = scores_of(lake, sc.source_name), incidents_of(lake, sc.source_name)
+    assert (scores["is_alert"] == (scores["score"] >= record.alert_threshold)).all()
+    assert (scores["is_anomaly"] == (scores["score"] >= record.threshold)).all()
+    assert report.alerts == scores["is_alert"].sum() < report.anomalies == scores["is_anomaly"].sum()
+    assert len(incidents) > 0 and incidents["points"].sum() == scores["is_alert"].sum()
+    assert (incidents["peak_score"] >= record.alert_threshold).all()
+    # every alert point is inside an incident of its host, and no other flagged point is
+    inside = pd.Series(False, index=scores.index)
+    for row in incidents.itertuples():
+        inside |= (scores["host"] == row.host) & scores["ts"].between(row.start_ts, row.end_ts)
+    assert (scores.loc[inside, "score"] >= record.alert_threshold).sum() == scores["is_alert"].sum()
+    assert scores.loc[~inside, "is_alert"].sum() == 0
+    assert scores.loc[~inside, "is_anomaly"].sum() > 0  # flagged, but below the alert threshold
+    clear_scores(lake, sc.source_name)
 
 
 def test_every_incident_is_explained_with_top_features_from_its_points(fleet) -> None:

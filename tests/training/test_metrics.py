@@ -21,6 +21,7 @@ from anomaly.training.metrics import (
     event_table,
     point_metrics,
     recall_by_type,
+    tune_alert_threshold,
     tune_threshold,
 )
 
@@ -435,12 +436,74 @@ def test_evaluate_is_json_serialisable_and_consistent() -> None:
     r = evaluate(pts.drop(columns="flagged"), scores, threshold=np.float64(0.5))
     _plain(r)
     json.dumps(r, allow_nan=False)
-    assert set(r) == {"threshold", "point", "event", "recall_by_type", "calibration"}
-    assert r["threshold"] == 0.5
+    assert set(r) == {"threshold", "alert_threshold", "point", "event", "recall_by_type", "calibration"}
+    assert r["threshold"] == 0.5 and r["alert_threshold"] == 0.5  # no alert threshold: the point one
     assert r["event"] == event_metrics(pts)
     assert r["point"]["tp"] == 4
     assert [row["fault_type"] for row in r["recall_by_type"]] == ["cpu", "disk", "net"]
     assert set(r["calibration"]) == {"brier", "ece"}
+
+
+def _noisy_host(seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """One host, 600 minutes, three 20-minute events: each has a few clear points (0.95, then
+    0.9) and borderline ones (0.5); normal points are low (0.1) except 30 scattered ones at 0.6, so a
+    threshold low enough for point recall pages on every one of them."""
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range(T0, periods=600, freq="1min")
+    event = np.full(600, None, dtype=object)
+    scores = np.full(600, 0.1)
+    for k, start in enumerate((100, 300, 500)):
+        event[start : start + 20] = f"e{k}"
+        scores[start : start + 20] = 0.5
+        scores[start + 5 : start + 8] = 0.95
+        scores[start + 8] = 0.9
+    normal = np.flatnonzero(event == None)  # noqa: E711 (element-wise)
+    scores[rng.choice(normal[(normal % 7) == 0], 30, replace=False)] = 0.6
+    pts = pd.DataFrame({"host": "a", "ts": ts, "event_id": event, "fault_type": "cpu"})
+    return pts, scores
+
+
+def test_alert_threshold_pages_on_the_clear_points_only() -> None:
+    pts, scores = _noisy_host()
+    point = tune_threshold(pts["event_id"].notna(), scores, 0.9)
+    assert point == 0.5  # recall 0.9 needs the borderline points...
+    assert (
+        event_metrics(pts.assign(flagged=scores >= point))["false_alarm_events"] == 30
+    )  # ...and pages 30 times
+    alert = tune_alert_threshold(pts, scores)
+    assert alert == 0.9  # 0.9 and 0.95 both page once per event and never else: the lower wins
+    m = event_metrics(pts.assign(flagged=scores >= alert))
+    assert (m["detected"], m["false_alarm_events"], m["event_f1"]) == (3, 0, 1.0)
+    assert m["mean_time_to_detect"] == 300.0  # the clear points come 5 minutes in
+    shuffled = pts.assign(s=scores).sample(frac=1.0, random_state=1)  # input order does not matter
+    assert tune_alert_threshold(shuffled.drop(columns="s"), shuffled["s"].to_numpy()) == alert
+
+
+def test_alert_threshold_is_never_below_the_floor() -> None:
+    pts, scores = _noisy_host()
+    assert tune_alert_threshold(pts, scores, floor=0.5) == 0.9  # the floor only cuts candidates
+    assert tune_alert_threshold(pts, scores, floor=0.92) == 0.95
+    assert tune_alert_threshold(pts, scores, floor=0.97) == 0.97  # above every score: nothing pages
+
+
+def test_alert_threshold_needs_events() -> None:
+    pts, scores = _noisy_host()
+    with pytest.raises(ValueError, match="no labelled event"):
+        tune_alert_threshold(pts.assign(event_id=None), scores)
+
+
+def test_evaluate_with_an_alert_threshold_splits_points_from_pages() -> None:
+    pts, scores = _noisy_host()
+    r = evaluate(pts, scores, threshold=0.5, alert_threshold=0.9)
+    assert r["alert_threshold"] == 0.9
+    assert r["point"]["recall"] == 1.0 and r["point"]["fp"] == 30  # points: the point threshold
+    assert r["event"] == event_metrics(pts.assign(flagged=scores >= 0.9))  # events: the alert one
+    assert r["event"]["false_alarm_events"] == 0
+    (cpu,) = r["recall_by_type"]
+    assert (cpu["event_recall"], cpu["point_recall"]) == (1.0, 1.0)
+    # an alert threshold above every event's peak finds nothing, whatever the point threshold
+    (cpu,) = evaluate(pts, scores, threshold=0.5, alert_threshold=0.99)["recall_by_type"]
+    assert (cpu["detected"], cpu["event_recall"], cpu["point_recall"]) == (0, 0.0, 1.0)
 
 
 def test_evaluate_degenerate_span_has_no_nan() -> None:

@@ -116,6 +116,7 @@ def test_register_promote_challenge_rollback(lake) -> None:
     assert reg.get(second.version, lake=lake).status == reg.RETIRED
     listed = reg.list_models(lake=lake)
     assert listed["version"].tolist() == [2, 1] and (listed["status"] == reg.CHAMPION).sum() == 1
+    assert listed["alert_threshold"].tolist() == [reg.get(v, lake=lake).alert_threshold for v in (2, 1)]
 
     # a loaded champion scores exactly like the model that was registered
     loaded = reg.load(reg.get(1, lake=lake))
