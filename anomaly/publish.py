@@ -120,6 +120,9 @@ CREATE TABLE IF NOT EXISTS anomaly_scores (
     scored_at     timestamptz      NOT NULL,
     PRIMARY KEY (source, host, ts)
 );
+-- is_alert: the point raises an incident (score >= the model's alert threshold); added after the
+-- first release, hence the ALTER for tables created before it.
+ALTER TABLE anomaly_scores ADD COLUMN IF NOT EXISTS is_alert boolean;
 CREATE INDEX IF NOT EXISTS anomaly_scores_ts_idx ON anomaly_scores (ts);
 CREATE INDEX IF NOT EXISTS anomaly_scores_host_ts_idx ON anomaly_scores (host, ts);
 """
@@ -157,12 +160,12 @@ ON CONFLICT (incident_id, rank) DO UPDATE SET
 """
 
 _UPSERT_SCORES = """
-INSERT INTO anomaly_scores (source, host, ts, score, is_anomaly, model_version, run_id, scored_at)
+INSERT INTO anomaly_scores (source, host, ts, score, is_anomaly, model_version, run_id, scored_at, is_alert)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::float8[], %s::bool[], %s::int4[],
-                     %s::text[], %s::timestamptz[])
+                     %s::text[], %s::timestamptz[], %s::bool[])
 ON CONFLICT (source, host, ts) DO UPDATE SET
     score = EXCLUDED.score, is_anomaly = EXCLUDED.is_anomaly, model_version = EXCLUDED.model_version,
-    run_id = EXCLUDED.run_id, scored_at = EXCLUDED.scored_at
+    run_id = EXCLUDED.run_id, scored_at = EXCLUDED.scored_at, is_alert = EXCLUDED.is_alert
 """
 
 # Incidents of a window that the lake no longer has; their explanations go by ON DELETE CASCADE.
@@ -401,7 +404,8 @@ def _write_scores(cur: Any, lake: Lake, windows: list[Window]) -> int:
         with lake.connection() as con:
             con.execute(
                 f"""
-                SELECT source, host, ts, score, is_anomaly, model_version, run_id, scored_at
+                SELECT source, host, ts, score, is_anomaly, model_version, run_id, scored_at,
+                       coalesce(is_alert, is_anomaly) AS is_alert  -- what built the incidents
                 FROM {registry.SCORES} WHERE source = ? AND ts >= ? AND ts < ?
                 QUALIFY row_number() OVER (PARTITION BY host, ts ORDER BY scored_at DESC) = 1
                 """,

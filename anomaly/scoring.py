@@ -219,6 +219,14 @@ def score_interval(
     out["score"] = scores.astype(np.float64)
     out["is_anomaly"] = out["score"] >= record.threshold
     alert = record.alert_threshold if settings.alert_threshold is None else settings.alert_threshold
+    if alert < record.threshold:  # a page on a point is_anomaly does not flag would contradict it
+        log.warning(
+            "ANOMALY_ALERT_THRESHOLD %s is below model v%d's point threshold %s: paging on the point threshold",
+            alert,
+            record.version,
+            record.threshold,
+        )
+        alert = record.threshold
     out["is_alert"] = out["score"] >= alert
     report.rows, report.anomalies = len(out), int(out["is_anomaly"].sum())
     report.alerts = int(out["is_alert"].sum())

@@ -139,7 +139,10 @@ class Settings(BaseSettings):
     )
     train_days: float = Field(14.0, gt=0, description="Days of history before the run a training set covers.")
     model_target_recall: float = Field(
-        0.90, gt=0, le=1, description="Recall the decision threshold is tuned to reach on validation data."
+        0.90,
+        gt=0,
+        le=1,
+        description="Point recall the point threshold (is_anomaly) is tuned to reach on validation data.",
     )
     alert_min_events: int = Field(
         10,
@@ -161,7 +164,8 @@ class Settings(BaseSettings):
         gt=0,
         le=1,
         description="Score at or above which a scored point raises an incident (is_alert); unset: the "
-        "model's own alert threshold, tuned on validation data for the best event F1.",
+        "model's own alert threshold, tuned on validation data for the best event F1. Never below the "
+        "model's point threshold: a lower value pages on the point threshold.",
     )
     explain_top: int = Field(5, ge=1, le=50, description="Contributing features stored per incident.")
     publish_conn_id: str = Field(

@@ -1,7 +1,7 @@
 -- scores: one row per (source, host, ts) scored by the score_metrics DAG. A re-run or a backfill
 -- of an interval replaces that source's rows of the interval in one transaction, so there is at
 -- most one row per (source, host, ts). score is the ensemble's probability of an anomaly;
--- is_anomaly = score >= the model's threshold.
+-- is_anomaly = score >= the model's point threshold (is_alert: see 012_score_alerts.sql).
 CREATE TABLE IF NOT EXISTS scores (
     source        VARCHAR     NOT NULL,
     host          VARCHAR     NOT NULL,
@@ -30,8 +30,8 @@ CREATE TABLE IF NOT EXISTS score_log (
     finished_at    TIMESTAMPTZ NOT NULL
 );
 
--- incidents: runs of anomalous points of one host (gaps up to ANOMALY_INCIDENT_GAP_SECONDS
--- merged), across interval boundaries. incident_id = md5(source, host, start_ts): stable across
+-- incidents: runs of alert points (scores.is_alert, added by 012; is_anomaly for rows scored
+-- before it) of one host (gaps up to ANOMALY_INCIDENT_GAP_SECONDS merged), across interval boundaries. incident_id = md5(source, host, start_ts): stable across
 -- re-runs and backfills as long as the run's first point is the same. An incident still open at
 -- the end of an interval is extended by the next run (same id), not duplicated.
 CREATE TABLE IF NOT EXISTS incidents (
@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS incidents (
     source        VARCHAR     NOT NULL,
     host          VARCHAR     NOT NULL,
     start_ts      TIMESTAMPTZ NOT NULL,
-    end_ts        TIMESTAMPTZ NOT NULL,  -- last anomalous point (inclusive)
+    end_ts        TIMESTAMPTZ NOT NULL,  -- last alert point (inclusive)
     peak_score    DOUBLE      NOT NULL,
     mean_score    DOUBLE      NOT NULL,
     points        BIGINT      NOT NULL,

@@ -52,6 +52,10 @@ def test_score_metrics_finds_labelled_faults_explains_publishes_and_signals_drif
 
     sc, lake, trained = fleet
     dag = DagBag(dag_folder=str(DAGS)).get_dag("score_metrics")
+    # two days of 3 hosts leave too few validation events to tune an alert threshold: the point
+    # threshold raises incidents (ANOMALY_ALERT_MIN_EVENTS), and the model says so
+    assert trained.metrics["alert_threshold"] == trained.threshold
+    assert "fewer than ANOMALY_ALERT_MIN_EVENTS (10)" in trained.metrics["alert_threshold_basis"]
 
     # no champion: the run fails, naming the command that fixes it
     first = sc.end - 4 * HOUR

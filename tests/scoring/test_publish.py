@@ -107,13 +107,14 @@ def use_driver(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
 
 # ---------------------------------------------------------------------------------- lake helpers
 def _scores(source: str, start: datetime, end: datetime, incidents: Sequence[Incident], salt: float) -> list:
-    """Every 5 minutes per host; anomalous inside an incident of the host."""
+    """Every 5 minutes per host; anomalous inside an incident of the host, alerting there on
+    every other host only (so is_alert differs from is_anomaly)."""
     rows, ts = [], start
     hosts = sorted({"h1", "h2", *(i[2] for i in incidents)})
     while ts < end:
         for n, host in enumerate(hosts):
             hit = any(i[2] == host and i[3] <= ts <= i[4] for i in incidents)
-            rows.append((source, host, ts, (0.9 if hit else 0.1) + n / 64 + salt, hit))
+            rows.append((source, host, ts, (0.9 if hit else 0.1) + n / 64 + salt, hit, hit and n % 2 == 0))
         ts += 5 * M
     return rows
 
@@ -137,7 +138,7 @@ def score_runs(
             con.executemany(
                 "INSERT INTO scores (source, host, ts, score, is_anomaly, model_version, run_id, scored_at, "
                 "is_alert) VALUES (?, ?, ?, ?, ?, 1, ?, now(), ?)",
-                [(*r, run_id, r[4]) for r in scores],
+                [(*r[:5], run_id, r[5]) for r in scores],
             )
             for iid, src, host, t1, t2, top, expl in incidents:
                 con.execute(
@@ -206,7 +207,7 @@ _LAKE_SQL = {
     "model_version, top_metrics, run_id, updated_at, explained_at FROM incidents ORDER BY incident_id",
     PG_INCIDENT_EXPLANATIONS: "SELECT incident_id, rank, feature, metric, contribution, model_version "
     "FROM incident_explanations ORDER BY incident_id, rank",
-    PG_SCORES: "SELECT source, host, ts, score, is_anomaly, model_version, run_id, scored_at "
+    PG_SCORES: "SELECT source, host, ts, score, is_anomaly, is_alert, model_version, run_id, scored_at "
     "FROM scores ORDER BY source, host, ts",
 }
 _PG_SQL = {
@@ -266,6 +267,8 @@ def test_first_publish_creates_tables_and_mirrors_the_lake(
     for table in _PG_SQL:
         assert pg_rows(pg, table) == lake_rows(lake, table), table
     assert pg_rows(pg, PG_INCIDENTS)[0][9] == ["cpu_util", "load1"]  # text[], order kept
+    flags = {(r[4], r[5]) for r in pg_rows(pg, PG_SCORES)}  # (is_anomaly, is_alert)
+    assert flags == {(False, False), (True, False), (True, True)}
 
     with psycopg2.connect(dbname=pg, **PG) as conn, conn.cursor() as cur:
         cur.execute(
@@ -294,6 +297,19 @@ def test_first_publish_creates_tables_and_mirrors_the_lake(
         (CONN_ID, "incidents", watermark, 5, "p1"),
         (CONN_ID, "scores", watermark, got["scores"], "p1"),
     ]
+
+
+def test_a_scores_table_from_before_is_alert_gets_the_column(lake, pg: str) -> None:
+    with psycopg2.connect(dbname=pg, **PG) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"CREATE TABLE {PG_SCORES} (source text NOT NULL, host text NOT NULL, ts timestamptz NOT NULL, "
+            "score double precision NOT NULL, is_anomaly boolean NOT NULL, model_version integer NOT NULL, "
+            "run_id text, scored_at timestamptz NOT NULL, PRIMARY KEY (source, host, ts))"
+        )
+    conn.close()
+    seed(lake)
+    publish(CONN_ID, run_id="p1", lake=lake)
+    assert pg_rows(pg, PG_SCORES) == lake_rows(lake, PG_SCORES)
 
 
 def test_publishing_again_changes_nothing(lake, pg: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -336,7 +352,7 @@ def test_replaced_incidents_leave_no_stale_rows(lake, pg: str) -> None:
     assert [r[0] for r in pg_rows(pg, PG_INCIDENTS)] == ["a1", "a2", "m1", "p1"]
     for table in _PG_SQL:
         assert pg_rows(pg, table) == lake_rows(lake, table), table
-    rerun = [r for r in pg_rows(pg, PG_SCORES) if r[6] == "rerun"]
+    rerun = [r for r in pg_rows(pg, PG_SCORES) if r[7] == "rerun"]
     assert len(rerun) == 24 and {r[2] for r in rerun} == {T0 + H + 5 * i * M for i in range(12)}
 
     # a2 is explained after its scoring commit (no new score_log row): still published.

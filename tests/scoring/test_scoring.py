@@ -149,6 +149,7 @@ def test_incidents_are_runs_of_the_models_alert_points(fleet) -> None:
     sc, lake = fleet
     record = model_registry.champion(lake=lake)
     assert record.threshold < record.alert_threshold == record.metrics["alert_threshold"]
+    assert record.metrics["alert_threshold_basis"].startswith("best event F1 on ")
     day2 = sc.start + timedelta(days=1)
     clear_scores(lake, sc.source_name)
     with environment(ANOMALY_ALERT_THRESHOLD=None):
@@ -166,6 +167,12 @@ def test_incidents_are_runs_of_the_models_alert_points(fleet) -> None:
     assert (scores.loc[inside, "score"] >= record.alert_threshold).sum() == scores["is_alert"].sum()
     assert scores.loc[~inside, "is_alert"].sum() == 0
     assert scores.loc[~inside, "is_anomaly"].sum() > 0  # flagged, but below the alert threshold
+    # an override below the point threshold pages at the point threshold, never lower
+    clear_scores(lake, sc.source_name)
+    with environment(ANOMALY_ALERT_THRESHOLD="0.0001"):
+        score_interval(sc.source_name, day2, day2 + 24 * HOUR, "low-override", lake=lake)
+    low = scores_of(lake, sc.source_name)
+    assert low["is_alert"].equals(low["is_anomaly"]) and 0 < low["is_alert"].sum() < len(low)
     clear_scores(lake, sc.source_name)
 
 

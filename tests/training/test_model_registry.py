@@ -10,7 +10,7 @@ import pytest
 
 from anomaly.training import model_registry as reg
 from anomaly.training.ensemble import AnomalyEnsemble, ArtifactError
-from anomaly.training.metrics import evaluate, tune_threshold
+from anomaly.training.metrics import evaluate, tune_alert_threshold, tune_threshold
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 FEATURES = [f"f{i}" for i in range(8)]
@@ -45,8 +45,10 @@ def _fit(points: pd.DataFrame, **params) -> tuple[AnomalyEnsemble, float, dict]:
     model = AnomalyEnsemble(**{**FAST, **params}).fit(
         train[FEATURES], train["label"].to_numpy(), time=train["ts"]
     )
-    threshold = tune_threshold(val["label"].to_numpy(), model.decision_function(val[FEATURES]), 0.9)
-    return model, threshold, evaluate(val, model.decision_function(val[FEATURES]), threshold)
+    scores = model.decision_function(val[FEATURES])
+    threshold = tune_threshold(val["label"].to_numpy(), scores, 0.9)
+    alert = tune_alert_threshold(val, scores, floor=threshold)
+    return model, threshold, evaluate(val, scores, threshold, alert)
 
 
 def _register(lake, model, threshold, metrics, run_id=None):
@@ -116,7 +118,10 @@ def test_register_promote_challenge_rollback(lake) -> None:
     assert reg.get(second.version, lake=lake).status == reg.RETIRED
     listed = reg.list_models(lake=lake)
     assert listed["version"].tolist() == [2, 1] and (listed["status"] == reg.CHAMPION).sum() == 1
-    assert listed["alert_threshold"].tolist() == [reg.get(v, lake=lake).alert_threshold for v in (2, 1)]
+    alerts = [reg.get(v, lake=lake).alert_threshold for v in (2, 1)]
+    assert listed["alert_threshold"].tolist() == alerts
+    assert alerts == [reg.get(v, lake=lake).metrics["alert_threshold"] for v in (2, 1)]
+    assert all(a > t for a, t in zip(alerts, listed["threshold"], strict=True))  # so the JSON is read
 
     # a loaded champion scores exactly like the model that was registered
     loaded = reg.load(reg.get(1, lake=lake))
