@@ -83,6 +83,21 @@ def test_decide_applies_minimums_then_the_champion_comparison(anomaly_home) -> N
     assert ok
 
 
+def test_the_champion_is_judged_at_its_own_alert_threshold(lake) -> None:
+    model, threshold, metrics = _fit(_points(1))
+    test = _points(2)
+    # at its point threshold this model finds every test event without a false alarm...
+    assert evaluate(test, model.decision_function(test[FEATURES]), threshold)["event"]["event_f1"] == 1.0
+    # ...but as a champion whose alert threshold is above every score it pages on nothing
+    silent = _register(lake, model, threshold, {**metrics, "alert_threshold": 1.5})
+    reg.promote(silent.version, reason="test", lake=lake)
+    challenger = _register(
+        lake, model, threshold, {**metrics, "event": {**metrics["event"], "event_f1": 0.95}}
+    )
+    ok, why = reg.promote_if_better(challenger.version, test, lake=lake)
+    assert ok and "event_f1 0.9500 >= champion's 0.0 on the same test span" in why, why
+
+
 def test_register_promote_challenge_rollback(lake) -> None:
     points = _points(1)
     model, threshold, metrics = _fit(points)
