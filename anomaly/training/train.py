@@ -66,7 +66,7 @@ class TrainResult:
             "decision": self.decision,
             "report": None if self.report is None else str(self.report),
             "threshold": self.threshold,
-            "alert_threshold": self.metrics.get("alert_threshold", self.threshold),
+            "alert_threshold": self.metrics["alert_threshold"],
             "precision": point["precision"],
             "recall": point["recall"],
             "f1": point["f1"],
