@@ -99,8 +99,8 @@ class Settings(BaseSettings):
         description="Metric pairs (a:b, comma-separated) with rolling correlation features.",
     )
     feature_ratios: str = Field(
-        "net_in_bytes/net_in_packets,net_out_bytes/net_out_packets",
-        description="Ratio features (numerator/denominator, comma-separated), e.g. bytes per packet.",
+        "net_in_bytes/net_in_packets,net_out_bytes/net_out_packets,tcp_retransmits/net_out_packets",
+        description="Ratio features (numerator/denominator, comma-separated), e.g. bytes per packet or retransmits per packet sent.",
     )
 
     # --- validation ----------------------------------------------------------

@@ -51,6 +51,7 @@ DEVIATION_WINDOWS = ("1h",)
 CROSS_WINDOWS = ("15m", "1h")
 LAGS: dict[str, timedelta] = {"1d": timedelta(days=1), "7d": timedelta(days=7)}
 SEASONAL_TOLERANCE = timedelta(minutes=5)
+SEASONAL_WINDOW = "15m"  # the window compared with the same window one lag earlier
 RATE_HORIZON = timedelta(hours=1)
 LOOKBACK = max(ROLLING_WINDOWS.values())
 
@@ -63,6 +64,7 @@ DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
 DEFAULT_RATIOS: tuple[tuple[str, str], ...] = (
     ("net_in_bytes", "net_in_packets"),
     ("net_out_bytes", "net_out_packets"),
+    ("tcp_retransmits", "net_out_packets"),
 )
 
 Partition = Literal["key", "over"]
@@ -311,20 +313,32 @@ def _seasonality(
     rank: Callable[[], pl.Expr],
     keyed: Callable[[pl.Expr], pl.Expr],
 ) -> pl.DataFrame:
-    """``{m}__diff_{lag}`` and ``{m}__missing_{lag}`` for the rows of ``frame`` (sorted by key).
+    """``{m}__diff_{lag}``, ``{m}__missing_{lag}``, ``{m}__mean_15m_diff_{lag}`` and
+    ``{m}__std_15m_ratio_{lag}`` for the rows of ``frame`` (sorted by key).
 
     The past value is the latest raw sample of the metric with ts in (t - lag - 5m, t - lag]: an
     as-of join of the rows on the raw rows shifted forward by the lag, kept when the match is
-    less than 5 minutes old.
+    less than 5 minutes old. The past window is the 15 minutes ending at that sample, a rolling
+    mean and std over the shifted raw rows, carried by the same join.
     """
     # key: on the host-separated key alone; over: on ts, by host
     on, kw = ("_key", {}) if partition == "key" else ("ts", {"by": "_rank", "check_sortedness": False})
-    left = frame.lazy().select("_rank", "_key", "ts", *metrics)
+    sw = SEASONAL_WINDOW
+    now = [f"{m}__{s}_{sw}" for m in metrics for s in ("mean", "std")]
+    left = frame.lazy().select("_rank", "_key", "ts", *metrics, *now)
+    window = ROLLING_WINDOWS[sw]
+
+    def roll(fn: str) -> pl.Expr:
+        e = getattr(pl.col("value"), f"rolling_{fn}_by")("_past_at", window, closed="right")
+        return e if partition == "key" else e.over("_rank")
+
     joins = []
     for lag, shift in LAGS.items():
         shifted = pl.col("ts") + pl.lit(shift)
         hist = (
-            long.filter(pl.col("ts") > start - shift - SEASONAL_TOLERANCE, pl.col("ts") < end - shift)
+            long.filter(
+                pl.col("ts") > start - shift - SEASONAL_TOLERANCE - window, pl.col("ts") < end - shift
+            )
             .select(
                 "metric",
                 "value",
@@ -335,15 +349,34 @@ def _seasonality(
         )
         by_metric = hist.partition_by("metric", as_dict=True, include_key=False, maintain_order=True)
         for m in metrics:
-            right = by_metric.get((m,), hist.clear().drop("metric")).lazy()
-            j = left.select("_rank", on, m).join_asof(
+            # the window (s - 15m, s] at each past sample s; all-equal windows made exact, as
+            # in _window_features
+            right = (
+                by_metric.get((m,), hist.clear().drop("metric"))
+                .lazy()
+                .with_columns(_pm=roll("mean"), _ps=roll("std"), _plo=roll("min"), _phi=roll("max"))
+                .with_columns(
+                    _pm=pl.when(pl.col("_plo") == pl.col("_phi"))
+                    .then(pl.col("_plo"))
+                    .otherwise(pl.col("_pm")),
+                    _ps=pl.when(pl.col("_plo") == pl.col("_phi")).then(0.0).otherwise(pl.col("_ps")),
+                )
+            )
+            j = left.select("_rank", on, m, f"{m}__mean_{sw}", f"{m}__std_{sw}").join_asof(
                 right, left_on=on, right_on="_past_at", strategy="backward", coalesce=False, **kw
             )
-            past = pl.when(pl.col("_past_at") > pl.col(on) - pl.lit(SEASONAL_TOLERANCE)).then(pl.col("value"))
+            ok = pl.col("_past_at") > pl.col(on) - pl.lit(SEASONAL_TOLERANCE)
+            past = pl.when(ok).then(pl.col("value"))
             joins.append(
                 j.select(
                     (pl.col(m) - past).alias(f"{m}__diff_{lag}"),
                     past.is_null().alias(f"{m}__missing_{lag}"),
+                    (pl.col(f"{m}__mean_{sw}") - pl.when(ok).then(pl.col("_pm"))).alias(
+                        f"{m}__mean_{sw}_diff_{lag}"
+                    ),
+                    pl.when(ok & (pl.col("_ps") > 0))
+                    .then(pl.col(f"{m}__std_{sw}") / pl.col("_ps"))
+                    .alias(f"{m}__std_{sw}_ratio_{lag}"),
                 )
             )
     return pl.concat(pl.collect_all(joins), how="horizontal")
@@ -369,6 +402,7 @@ def _column_order(
     for m in metrics:
         for lag in LAGS:
             cols += [f"{m}__diff_{lag}", f"{m}__missing_{lag}"]
+            cols += [f"{m}__mean_{SEASONAL_WINDOW}_diff_{lag}", f"{m}__std_{SEASONAL_WINDOW}_ratio_{lag}"]
     corr = [f"corr__{a}__{b}_{w}" for a, b in pairs for w in CROSS_WINDOWS]
     rat = [f"{n}_per_{d}" for n, d in ratios]
     for i in range(max(len(corr), len(rat))):  # interleaved by position, as the catalog sorts them

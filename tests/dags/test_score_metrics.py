@@ -3,6 +3,7 @@ labelled windows, every incident is explained, Postgres holds them, drift signal
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -105,11 +106,12 @@ def test_score_metrics_finds_labelled_faults_explains_publishes_and_signals_drif
     states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
     last = first + 3 * HOUR
     shifted = last + HOUR - 12 * HOUR
-    cols = [
+    cols = [  # the rolling means of three metrics (not the seasonal comparisons, NULL without history)
         c
         for c in trained.model.feature_names_in_
-        if c.startswith(("cpu_util__mean", "load1__mean", "mem_util__mean"))
+        if re.fullmatch(r"(cpu_util|load1|mem_util)__mean_(5m|15m|1h)", c)
     ]
+    assert len(cols) == 9
 
     def shift(con):
         sets = ", ".join(f'"{c}" = "{c}" * 10 + 5' for c in cols)

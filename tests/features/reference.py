@@ -42,6 +42,7 @@ CORR_WINDOWS = ("15m", "1h")
 DEVIATION_WINDOWS = ("1h",)
 LAGS: dict[str, pd.Timedelta] = {"1d": pd.Timedelta(days=1), "7d": pd.Timedelta(days=7)}
 SEASONAL_TOLERANCE = pd.Timedelta(minutes=5)
+SEASONAL_WINDOW = "15m"  # the window compared with the same window one lag earlier
 RATE_HORIZON = pd.Timedelta(hours=1)
 
 
@@ -69,6 +70,7 @@ def feature_names(
     for m in metrics:
         for lag in LAGS:
             names += [f"{m}__diff_{lag}", f"{m}__missing_{lag}"]
+            names += [f"{m}__mean_{SEASONAL_WINDOW}_diff_{lag}", f"{m}__std_{SEASONAL_WINDOW}_ratio_{lag}"]
     for a, b in pairs:
         names += [f"corr__{a}__{b}_{w}" for w in CORR_WINDOWS]
     names += [f"{num}_per_{den}" for num, den in ratios]
@@ -341,14 +343,29 @@ def reference_features(
                 out[f"{m}__zscore_{w}"] = np.where(std > 0, (x - mean) / std, np.nan)
                 out[f"{m}__ratio_{w}"] = np.where(mean != 0, x / mean, np.nan)
 
-        # the same time one lag earlier: the latest sample in (t - lag - 5m, t - lag]
-        history = data.series(m, t0 - oldest_lag - SEASONAL_TOLERANCE.value, t1 - newest_lag)
+        # the same time one lag earlier: the latest sample in (t - lag - 5m, t - lag], at time s;
+        # and the window (s - 15m, s] ending at it, against the window (t - 15m, t]
+        sw = ROLLING_WINDOWS[SEASONAL_WINDOW].value
+        history = data.series(m, t0 - oldest_lag - SEASONAL_TOLERANCE.value - sw, t1 - newest_lag)
+        own = np.arange(len(history))  # every history sample is the last one of its own window
+        h_first, h_count = _block(history, history, sw, own)
+        h_mom = _window_moments(history.values, h_first, h_count, extremes=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            h_std = np.where(h_count >= 2, np.sqrt(h_mom["S"][(0, 0)] / (h_count - 1)), np.nan)
+        mean_now, std_now = stats[SEASONAL_WINDOW]
         for lag, span in LAGS.items():
             at = _locate(rows, history, span.value, "last<=")
             ok = at >= 0
             ok[ok] = history.ts[at[ok]] > rows.ts[ok] - span.value - SEASONAL_TOLERANCE.value
-            out[f"{m}__diff_{lag}"] = x - _at(history.values[0], np.where(ok, at, -1))
+            at = np.where(ok, at, -1)
+            out[f"{m}__diff_{lag}"] = x - _at(history.values[0], at)
             out[f"{m}__missing_{lag}"] = ~ok
+            out[f"{m}__mean_{SEASONAL_WINDOW}_diff_{lag}"] = mean_now - _at(h_mom["mean"][0], at)
+            std_then = _at(h_std, at)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[f"{m}__std_{SEASONAL_WINDOW}_ratio_{lag}"] = np.where(
+                    std_then > 0, std_now / std_then, np.nan
+                )
 
     # correlations over the timestamps where both metrics have a sample
     for a, b in pairs:

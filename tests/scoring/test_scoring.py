@@ -126,8 +126,11 @@ def test_an_incident_open_at_the_end_of_an_interval_is_extended_with_the_same_id
     clear_scores(lake, sc.source_name)
     _score_hours(sc, lake, range(HOURS), day2)
     full = incidents_of(lake, sc.source_name)
-    long = full[(full["end_ts"] - full["start_ts"]) > HOUR].iloc[0]
-    cut = long["start_ts"].ceil("h")  # an hour boundary inside the incident
+    # an incident that crosses an hour boundary, cut at the first boundary after its start
+    crossing = full[full["start_ts"].dt.floor("h") + HOUR <= full["end_ts"]]
+    assert len(crossing) > 0, full
+    long = crossing.iloc[0]
+    cut = long["start_ts"].floor("h") + HOUR
     clear_scores(lake, sc.source_name)
     first_hours = range(0, int((cut - pd.Timestamp(day2)) / HOUR))
     _score_hours(sc, lake, first_hours, day2)
