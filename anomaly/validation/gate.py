@@ -104,7 +104,7 @@ def features_profile(
 ) -> pd.DataFrame:
     """One row per feature column of ``features`` for the interval (read once, through Arrow).
 
-    Columns: feature, family, kind (corr, count or value), window_seconds, rows, nonfinite (NaN
+    Columns: feature, family, kind (corr, count, std_ratio or value), window_seconds, rows, nonfinite (NaN
     or infinite values), warm_rows (rows at least one window or lag after the host's first
     sample), warm_nulls, null_share, min, max, count_excess (max count minus window / step + 1).
     """
@@ -161,7 +161,15 @@ def features_profile(
         finite = np.isfinite(values)
         span = spans.get(window or "", 0)
         warm = age >= span
-        kind = "corr" if name.startswith("corr__") else "count" if "__count_" in name else "value"
+        kind = (
+            "corr"
+            if name.startswith("corr__")
+            else "count"
+            if "__count_" in name
+            else "std_ratio"
+            if re.search(r"__std_[0-9a-z]+_ratio_", name)
+            else "value"
+        )
         mn = float(values[finite].min()) if finite.any() else None
         mx = float(values[finite].max()) if finite.any() else None
         excess = mx - (span / step_seconds + 1) if kind == "count" and mx is not None and span else None

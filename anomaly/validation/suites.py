@@ -246,10 +246,10 @@ def features_suite(null_share: float) -> list[Check]:
             "null_share",
             WARNING,
             f"after its window or lag has warmed up, a rolling, trend or seasonal feature is null in at "
-            f"most {null_share:.0%} of rows (deviation and correlation features are null by design on a "
-            "constant metric, so they are not judged)",
+            f"most {null_share:.0%} of rows (deviation, correlation and std-ratio features are null by "
+            "design on a constant metric, so they are not judged)",
             max_value=null_share,
-            where={"family": ["rolling", "trend", "seasonality"]},
+            where={"family": ["rolling", "trend", "seasonality"], "kind": ["value", "count"]},
         ),
         _col(
             "features.correlation_min",

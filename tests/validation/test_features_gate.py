@@ -135,3 +135,36 @@ def test_scores_suite(corrupt, expectation) -> None:
     assert validate_scores(_scores()).status == "passed"
     run = validate_scores(corrupt(_scores()))
     assert [o.name for o in run.failed] == [expectation]
+
+
+def test_null_share_judges_seasonal_values_but_not_std_ratios_of_constant_metrics(lake) -> None:
+    """A std ratio is NULL wherever the metric was constant a lag earlier (swap on a host without
+    memory pressure): by design, like a correlation, so it is not judged; a seasonal difference
+    that is mostly NULL after its lag has warmed up is."""
+    from anomaly.validation.gate import validate_features_profile
+
+    def row(feature: str, null_share: float) -> dict:
+        return {
+            "feature": feature,
+            "family": "seasonality",
+            "kind": "std_ratio" if "__std_15m_ratio_" in feature else "value",
+            "window_seconds": 86_400,
+            "rows": 100,
+            "nonfinite": 0,
+            "warm_rows": 100,
+            "warm_nulls": int(100 * null_share),
+            "null_share": null_share,
+            "min": 0.0,
+            "max": 1.0,
+            "count_excess": None,
+        }
+
+    def null_share_outcome(profile: pd.DataFrame):
+        run = validate_features_profile(profile)
+        return next(o for o in run.outcomes if o.name == "features.null_share")
+
+    constant_swap = pd.DataFrame([row("cpu_util__diff_1d", 0.01), row("swap_util__std_15m_ratio_1d", 0.99)])
+    assert null_share_outcome(constant_swap).success
+    missing_history = pd.DataFrame([row("cpu_util__diff_1d", 0.95), row("swap_util__std_15m_ratio_1d", 0.99)])
+    outcome = null_share_outcome(missing_history)
+    assert not outcome.success and outcome.unexpected_count == 1
