@@ -8,7 +8,8 @@ Two synthetic datasets, generated deterministically (numpy, seeded), 10 metrics 
 * ``fleet``: 1,000 hosts x 1 hour (2.4 M points in the interval),
 
 each with the lookback hour before the interval and the history slices the seasonal features
-read, ``(start - lag - 5m, end - lag)`` for the 1d and 7d lags (nothing else). About 2% of the
+read, ``(start - lag - 20m, end - lag)`` for the 1d and 7d lags (the sample one lag back, up to 5
+minutes old, and the 15-minute window ending at it; nothing else). About 2% of the
 host x timestamp rows and 0.5% of single samples are dropped; 30% of the hosts have no swap
 (``swap_util`` constantly 0) and the network is idle (all four network metrics 0) for 0.5% of
 the samples. ``--quick`` makes both 10x smaller (10 and 100 hosts).
@@ -69,6 +70,7 @@ STEP = timedelta(seconds=15)
 LOOKBACK = timedelta(hours=1)
 LAGS = (timedelta(days=1), timedelta(days=7))
 TOLERANCE = timedelta(minutes=5)
+SEASONAL_WINDOW = timedelta(minutes=15)  # the window compared one lag back ends at that sample
 SOURCE = "bench"
 IMPLS = ("sql", "pandas", "polars")
 EXTRA_IMPLS = ("polars-over",)  # the textbook .over("host") form of the polars implementation
@@ -114,7 +116,9 @@ def out_dir() -> Path:
 def spans(ds: Dataset) -> list[tuple[datetime, datetime]]:
     """The time ranges the features read: the lookback plus the interval, and one history slice
     per lag; overlapping ranges merged."""
-    wanted = [(ds.start - LOOKBACK, ds.end)] + [(ds.start - lag - TOLERANCE, ds.end - lag) for lag in LAGS]
+    wanted = [(ds.start - LOOKBACK, ds.end)] + [
+        (ds.start - lag - TOLERANCE - SEASONAL_WINDOW, ds.end - lag) for lag in LAGS
+    ]
     merged: list[list[datetime]] = []
     for lo, hi in sorted(wanted):
         if merged and lo <= merged[-1][1]:
@@ -215,7 +219,7 @@ def prepare(ds: Dataset, root: Path) -> Path:
         "kinds": kinds,
         "pairs": [[p.a, p.b] for p in ctx.pairs],
         "ratios": [[r.num, r.den] for r in ctx.ratios],
-        "generator": 1,
+        "generator": 2,  # 2: history slices 15 minutes longer (the seasonal windows)
     }
     path = root / ds.name
     meta_file = path / "meta.json"
