@@ -332,6 +332,7 @@ def _seasonality(
         e = getattr(pl.col("value"), f"rolling_{fn}_by")("_past_at", window, closed="right")
         return e if partition == "key" else e.over("_rank")
 
+    same = pl.col("_plo") == pl.col("_phi")  # an all-equal past window
     joins = []
     for lag, shift in LAGS.items():
         shifted = pl.col("ts") + pl.lit(shift)
@@ -356,10 +357,8 @@ def _seasonality(
                 .lazy()
                 .with_columns(_pm=roll("mean"), _ps=roll("std"), _plo=roll("min"), _phi=roll("max"))
                 .with_columns(
-                    _pm=pl.when(pl.col("_plo") == pl.col("_phi"))
-                    .then(pl.col("_plo"))
-                    .otherwise(pl.col("_pm")),
-                    _ps=pl.when(pl.col("_plo") == pl.col("_phi")).then(0.0).otherwise(pl.col("_ps")),
+                    _pm=pl.when(same).then(pl.col("_plo")).otherwise(pl.col("_pm")),
+                    _ps=pl.when(same).then(0.0).otherwise(pl.col("_ps")),
                 )
             )
             j = left.select("_rank", on, m, f"{m}__mean_{sw}", f"{m}__std_{sw}").join_asof(

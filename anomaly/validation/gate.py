@@ -161,15 +161,7 @@ def features_profile(
         finite = np.isfinite(values)
         span = spans.get(window or "", 0)
         warm = age >= span
-        kind = (
-            "corr"
-            if name.startswith("corr__")
-            else "count"
-            if "__count_" in name
-            else "std_ratio"
-            if re.search(r"__std_[0-9a-z]+_ratio_", name)
-            else "value"
-        )
+        kind = _feature_kind(name)
         mn = float(values[finite].min()) if finite.any() else None
         mx = float(values[finite].max()) if finite.any() else None
         excess = mx - (span / step_seconds + 1) if kind == "count" and mx is not None and span else None
@@ -191,6 +183,17 @@ def features_profile(
             }
         )
     return pd.DataFrame(out)
+
+
+def _feature_kind(name: str) -> str:
+    """corr, count, std_ratio (NULL by design where the metric was constant) or value."""
+    if name.startswith("corr__"):
+        return "corr"
+    if "__count_" in name:
+        return "count"
+    if re.search(r"__std_[0-9a-z]+_ratio_", name):
+        return "std_ratio"
+    return "value"
 
 
 def validate_features_profile(profile: pd.DataFrame, settings: Settings | None = None) -> SuiteRun:

@@ -29,7 +29,7 @@ history_{{ l.name }} AS (
         max(value) FILTER (WHERE metric = {{ m.name | literal }}) AS {{ m.name | ident }}{{ "," if not loop.last }}
 {%- endfor %}
     FROM raw_metrics
-    WHERE source = $source AND ts > $start - {{ l.interval }} - {{ tolerance }} - {{ windows[0].frame }} - INTERVAL 1 MICROSECOND
+    WHERE source = $source AND ts > $start - {{ l.interval }} - {{ tolerance }} - INTERVAL '{{ windows[0].seconds }} seconds'
         AND ts < $end - {{ l.interval }}
     GROUP BY host, ts
 ),

@@ -262,6 +262,13 @@ def _window_moments(
     }
 
 
+def _sample_std(mom: dict, count: np.ndarray) -> np.ndarray:
+    """Sample standard deviation (n - 1) of the first array of :func:`_window_moments`; NaN below
+    2 samples."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count >= 2, np.sqrt(mom["S"][(0, 0)] / (count - 1)), np.nan)
+
+
 # -- the features ---------------------------------------------------------------------------------
 def reference_features(
     raw: pd.DataFrame,
@@ -312,7 +319,7 @@ def reference_features(
             first, count = _block(rows, samples, span.value, last)
             mom = _window_moments([y, t_sec] if w in SLOPE_WINDOWS else [y], first, count, extremes=1)
             with np.errstate(invalid="ignore", divide="ignore"):
-                std = np.where(count >= 2, np.sqrt(mom["S"][(0, 0)] / (count - 1)), np.nan)
+                std = _sample_std(mom, count)
                 if w in SLOPE_WINDOWS:
                     slope = mom["S"][(0, 1)] / mom["S"][(1, 1)]
                     out[f"{m}__slope_{w}"] = np.where(count >= 2, slope, np.nan)
@@ -350,8 +357,7 @@ def reference_features(
         own = np.arange(len(history))  # every history sample is the last one of its own window
         h_first, h_count = _block(history, history, sw, own)
         h_mom = _window_moments(history.values, h_first, h_count, extremes=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            h_std = np.where(h_count >= 2, np.sqrt(h_mom["S"][(0, 0)] / (h_count - 1)), np.nan)
+        h_std = _sample_std(h_mom, h_count)
         mean_now, std_now = stats[SEASONAL_WINDOW]
         for lag, span in LAGS.items():
             at = _locate(rows, history, span.value, "last<=")
