@@ -1,10 +1,13 @@
 """Benchmark the ensemble on a simulated fleet: the targets of the training issue.
 
-    python -m bench.bench_train [--quick] [--hosts 20] [--days 14] [--share 0.2] [--seed 7]
+    python -m bench.bench_train [--quick] [--hosts 20] [--days 14] [--history-days 7] [--share 0.2] [--seed 7]
 
 1. Simulate a fleet with every fault type (``anomaly.simulate``) through the normal ingest
    path into a lake of its own (``var/bench/train/``; reused when the same scenario is there),
-   and build its features.
+   and build its features. The fleet runs ``--history-days`` (7) before the ``--days`` it trains
+   and tests on, as a deployed feature store has history: without it the weekly-lag features of
+   the first week were all NULL. Same 21-day fleet, XGBoost alone, same test span: PR-AUC 0.905
+   with the first week's weekly-lag features masked, 0.928 with them.
 2. Train on the earlier part of the range, tune the point and alert thresholds on a later
    validation span, test on the last span (embargo between spans): point precision, recall, F1,
    PR-AUC at the point threshold; event precision, recall, F1 and mean time to detect at the
@@ -47,21 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="6 hosts x 3 days, 60 trees: a smoke run")
     parser.add_argument("--hosts", type=int, default=20)
-    parser.add_argument("--days", type=float, default=14.0)
+    parser.add_argument("--days", type=float, default=14.0, help="days trained, validated and tested on")
+    parser.add_argument(
+        "--history-days", type=float, default=7.0, help="days simulated before them (feature history only)"
+    )
     parser.add_argument("--share", type=float, default=0.2, help="labelled share of the points")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--trees", type=int, default=300)
     args = parser.parse_args(argv)
     if args.quick:
-        args.hosts, args.days, args.trees = 6, 3.0, 60
-    sc, lake, timings = prepare_fleet(args.hosts, args.days, args.share, args.seed)
+        args.hosts, args.days, args.history_days, args.trees = 6, 3.0, 1.0, 60
+    sc, lake, timings = prepare_fleet(args.hosts, args.days + args.history_days, args.share, args.seed)
+    start = sc.start + timedelta(days=args.history_days)
 
     from anomaly.training.dataset import build_training_set
     from anomaly.training.train import fit_and_evaluate
 
     name = sc.name
     t0 = time.perf_counter()
-    ts = build_training_set(sc.source_name, sc.start, sc.end, lake=lake)
+    ts = build_training_set(sc.source_name, start, sc.end, lake=lake)
     timings["training_set_s"] = time.perf_counter() - t0
     info = ts.describe()
     print(
@@ -98,8 +105,16 @@ def main(argv: list[str] | None = None) -> int:
             "recall_by_type": result.metrics["recall_by_type"],
             "validation_ap": getattr(result.model, "validation_scores_", None),
             "unseen_at_fixed_alarm_rate": unseen_view,
+            "test_best_precision_at_recall": _best_precision(result, TARGETS["recall"]),
         }
-    report = {"scenario": name, "training_set": info, "timings": timings, "runs": runs, "targets": TARGETS}
+    report = {
+        "scenario": name,
+        "history_days": args.history_days,
+        "training_set": info,
+        "timings": timings,
+        "runs": runs,
+        "targets": TARGETS,
+    }
     out = REPO / "var" / "bench" / ("train-quick.json" if args.quick else "train.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
@@ -150,6 +165,16 @@ def prepare_fleet(hosts: int, days: float, share: float, seed: int) -> tuple[Any
         timings["features_s"] = time.perf_counter() - t0
         marker.write_text(json.dumps(sim, default=str))
     return sc, lake, timings
+
+
+def _best_precision(result: Any, recall: float) -> float:
+    """The best point precision any threshold reaches at ``recall`` on the test span itself: a
+    diagnosis (the threshold is chosen looking at the test labels), not a result. Below the
+    precision target it says no threshold could meet both point targets: the ranking must improve."""
+    from sklearn.metrics import precision_recall_curve
+
+    p, r, _ = precision_recall_curve(result.test_points["label"].to_numpy(), result.test_scores)
+    return float(p[r >= recall].max())
 
 
 def _unseen_view(result: Any) -> dict[str, Any]:
@@ -222,6 +247,10 @@ def _print(report: dict[str, Any]) -> None:
         print(
             f"  {name:10s} {_fmt(value):>6s} >= {floor:.2f}  {'PASS' if value is not None and value >= floor else 'FAIL'}"
         )
+    print(
+        f"  (diagnosis: with the threshold chosen on the test span itself, the best precision at recall "
+        f"{TARGETS['recall']:.2f} is {main_run['test_best_precision_at_recall']:.3f})"
+    )
     print(
         "\nthe five types never seen in training, at thresholds flagging 1 % / 5 % of normal validation rows:"
     )
