@@ -171,10 +171,11 @@ def _best_precision(result: Any, recall: float) -> float:
     """The best point precision any threshold reaches at ``recall`` on the test span itself: a
     diagnosis (the threshold is chosen looking at the test labels), not a result. Below the
     precision target it says no threshold could meet both point targets: the ranking must improve."""
-    from sklearn.metrics import precision_recall_curve
+    from anomaly.training.metrics import point_metrics, tune_threshold
 
-    p, r, _ = precision_recall_curve(result.test_points["label"].to_numpy(), result.test_scores)
-    return float(p[r >= recall].max())
+    labels = result.test_points["label"].to_numpy()
+    threshold = tune_threshold(labels, result.test_scores, recall)
+    return float(point_metrics(labels, result.test_scores >= threshold)["precision"])
 
 
 def _unseen_view(result: Any) -> dict[str, Any]:
