@@ -2,14 +2,14 @@
 
     python -m bench.bench_score [--quick] [--refit]
 
-1. The bench fleet of ``make bench-train`` (20 hosts x 7 days, 393 features; built the same way,
+1. The bench fleet of ``make bench-train`` (20 hosts x 7 days, 454 features; built the same way,
    by ``bench.bench_train.prepare_fleet``, when it is missing) and its training set.
 2. The champion: ``AnomalyEnsemble(n_estimators=300, random_state=7, n_jobs=2)`` fitted once on
    the first 75 % of the rows in time and saved under ``var/bench/score/model`` with the scores
    it gave the held-out rows; reused while the scenario, parameters and features match
    (``AnomalyEnsemble.load`` verifies every file). ``--refit`` fits it again.
 3. On the held-out rows (the last 25 %), passed as the scoring code passes them (a DataFrame of
-   the 393 feature columns, float32 as the feature store hands them out): throughput on batches
+   the 454 feature columns, float32 as the feature store hands them out): throughput on batches
    of 10,000 rows (calls back to back for ~1.5 s, best of 3 rounds) and the latency of one call
    on batches of 1, 100 and 10,000 rows (median and p95 over all calls, on different rows), for
 

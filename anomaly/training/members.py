@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 SUPERVISED = ("xgboost", "lightgbm", "hist_gb")
-UNSUPERVISED = ("isolation_forest", "robust_z", "lof")
+UNSUPERVISED = ("isolation_forest", "robust_z", "tail", "lof")
 MEMBERS = SUPERVISED + UNSUPERVISED
-DEFAULT_MEMBERS = ("xgboost", "lightgbm", "hist_gb", "isolation_forest", "robust_z")
+DEFAULT_MEMBERS = ("xgboost", "lightgbm", "hist_gb", "isolation_forest", "tail")

@@ -26,6 +26,7 @@ from anomaly.training.ensemble import (
     AnomalyEnsemble,
     ArtifactError,
     RobustZDetector,
+    TailProbabilityDetector,
     WeightedAverageCombiner,
     load_member,
     save_member,
@@ -212,6 +213,11 @@ def test_robust_z_detector_passes_check_estimator():
 
 
 @SKIP_ARRAY_API
+def test_tail_probability_detector_passes_check_estimator():
+    estimator_checks.check_estimator(TailProbabilityDetector())
+
+
+@SKIP_ARRAY_API
 def test_average_combiner_passes_check_estimator():
     # Weights >= 0 by design: they cannot fit check_classifiers_train's arbitrary blobs.
     why = "non-negative weights cannot fit features that are negatively related to y"
@@ -226,11 +232,12 @@ def test_average_combiner_passes_check_estimator():
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_unsupervised_members_score_an_unseen_fault_type_above_normal(seed):
     X, y, _, ts = synthetic(seed=seed)  # spike / shift / flat only
-    est = small(members=("xgboost", "isolation_forest", "robust_z"), random_state=seed).fit(X, y, time=ts)
+    detectors = ("isolation_forest", "robust_z", "tail")
+    est = small(members=("xgboost", *detectors), random_state=seed).fit(X, y, time=ts)
     Xn, _, kind, _ = synthetic(seed=seed + 100, world=seed, types=("surge",), rate=0.1)
     scores = est.member_scores(Xn)
     surge, normal = kind == "surge", kind == "normal"
-    for member in ("isolation_forest", "robust_z"):
+    for member in detectors:
         s = scores[member].to_numpy()
         assert roc_auc_score(surge[surge | normal], s[surge | normal]) > 0.95, member
         assert np.median(s[surge]) > np.quantile(s[normal], 0.95), member
@@ -318,6 +325,82 @@ def test_robust_z_detector_is_nan_safe_and_scores_distance():
     s = -det.score_samples(np.array([[49.5, 0.0, 3.0], [49.5, np.nan, 3.0], [49.5, 1.0, 3.0], [np.nan] * 3]))
     assert s[0] == s[1] == s[3] == 0.0  # at the median, a missing value is no evidence
     assert s[2] > 1e6 - 1  # a feature constant in normal data that moved: capped, not inf
+
+
+def _tail_probability(x: float, column: np.ndarray) -> float:
+    """The per-feature score by definition: log(0.5 / p), p the smaller one-sided empirical tail
+    probability of x among the column's values, floored at 0.5 / n."""
+    column = column[~np.isnan(column)]
+    if np.isnan(x) or len(column) == 0:
+        return 0.0
+    p = max(min(np.mean(column <= x), np.mean(column >= x)), 0.5 / len(column))
+    return max(float(np.log(0.5 / p)), 0.0)
+
+
+def test_tail_detector_scores_the_empirical_tail_probability_within_one_knot_step():
+    rng = np.random.default_rng(0)
+    n, knots = 5000, 16
+    normal = np.column_stack([rng.normal(size=n), np.round(rng.normal(size=n)), rng.exponential(size=n)])
+    normal[rng.random(normal.shape) < 0.1] = np.nan
+    det = TailProbabilityDetector(top_k=1, knots=knots).fit(normal)
+    probe = np.r_[rng.normal(scale=2, size=300), np.nanmin(normal), np.nanmax(normal), -1.0, 0.0, 1.0, 50.0]
+    for j in range(normal.shape[1]):
+        column = normal[:, j]
+        m = int(np.sum(~np.isnan(column)))
+        step = np.log((m / 2) ** (1 / (knots - 1))) + 1e-9  # the widest gap between two knot ranks
+        got = -det.score_samples(
+            np.column_stack([probe if i == j else np.full(len(probe), np.nan) for i in range(3)])
+        )
+        want = np.array([_tail_probability(x, column) for x in probe])
+        assert np.all(got >= want - 1e-12), j  # never less extreme than the data says
+        assert np.all(got <= want + step), j  # at most one knot step more
+        outside = (probe < np.nanmin(column)) | (probe > np.nanmax(column))
+        np.testing.assert_allclose(got[outside], np.log(m))  # beyond all of normal: log(n)
+        assert got[outside].size and np.all(got[~outside] < np.log(m))
+    ties = -det.score_samples(np.array([[np.nan, 0.0, np.nan], [np.nan, 0.5, np.nan]]))
+    assert ties[0] == 0.0  # a tie at the median (~38 % of the rounded column is 0): no evidence
+    assert ties[1] == pytest.approx(_tail_probability(0.5, normal[:, 1]), abs=0.3)
+
+
+def test_tail_detector_flags_a_value_beyond_normal_that_robust_z_calls_close():
+    # A 15-minute standard deviation: never 0 in normal rows, 0 when the metric is stuck.
+    rng = np.random.default_rng(1)
+    normal = rng.lognormal(mean=0.0, sigma=0.4, size=(20_000, 4)) + 0.2
+    stuck = np.array([[0.0, 0.0, 1.2, 1.1]])
+    ordinary = np.array([[1.3, 1.6, 0.9, 1.0]])
+    tail = TailProbabilityDetector(top_k=2).fit(normal)
+    z = RobustZDetector(top_k=2).fit(normal)
+    normal_z = -z.score_samples(normal)
+    assert -z.score_samples(stuck)[0] < np.quantile(normal_z, 0.99)  # robust z: an ordinary row
+    normal_tail = -tail.score_samples(normal)
+    assert -tail.score_samples(stuck)[0] == pytest.approx(np.log(len(normal)))  # beyond all normal
+    assert -tail.score_samples(stuck)[0] > normal_tail.max()
+    assert -tail.score_samples(ordinary)[0] < np.quantile(normal_tail, 0.99)
+
+
+def test_tail_detector_small_and_large_batches_take_different_paths_to_the_same_scores(monkeypatch):
+    from anomaly.training import ensemble as ens
+
+    rng = np.random.default_rng(2)
+    normal = np.round(rng.normal(size=(3000, 20)), 1)
+    normal[rng.random(normal.shape) < 0.05] = np.nan
+    normal[:, 7] = 2.0  # constant
+    normal[:, 8] = np.nan  # never seen
+    det = TailProbabilityDetector().fit(normal)
+    rows = np.round(rng.normal(scale=1.5, size=(200, 20)), 1)
+    rows[rng.random(rows.shape) < 0.05] = np.nan
+    rows[::3, 7] = 2.5
+    many = -det.score_samples(rows)
+    assert len(rows) > ens._TAIL_BROADCAST_ROWS
+    few = np.concatenate([-det.score_samples(rows[i : i + 10]) for i in range(0, len(rows), 10)])
+    np.testing.assert_array_equal(few, many)
+    monkeypatch.setattr(ens, "_TAIL_BROADCAST_ROWS", 1000)
+    np.testing.assert_array_equal(-det.score_samples(rows), many)
+    assert np.all(np.isfinite(many))
+    assert many[::3].min() >= np.log(det.n_[7]) / det.top_k  # the constant moved: log(n) in its top 3
+    only_unseen = np.full((2, 20), np.nan)
+    only_unseen[:, 8] = [0.0, 1e9]
+    np.testing.assert_array_equal(-det.score_samples(only_unseen), 0.0)  # no value in fit: no evidence
 
 
 # ---------------------------------------------------------------- errors

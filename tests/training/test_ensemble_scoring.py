@@ -45,6 +45,7 @@ def library_scores(est: AnomalyEnsemble, X: pd.DataFrame) -> np.ndarray:
         "hist_gb": m["hist_gb"].predict_proba(A)[:, 1],
         "isolation_forest": -m["isolation_forest"].score_samples(est._impute(A)),
         "robust_z": -m["robust_z"].score_samples(A),
+        "tail": -m["tail"].score_samples(A),
         "lof": -m["lof"].score_samples(est._impute(A)),
     }
     return np.column_stack([raw[name] for name in est.members_])
