@@ -378,6 +378,36 @@ def test_tail_detector_flags_a_value_beyond_normal_that_robust_z_calls_close():
     assert -tail.score_samples(ordinary)[0] < np.quantile(normal_tail, 0.99)
 
 
+def test_tail_detector_ignores_features_that_drift_beyond_their_fitted_range():
+    rng = np.random.default_rng(3)
+    n = 10_000
+    t = np.arange(n)
+    rows = np.column_stack(
+        [rng.normal(size=n), 50 + t / 1000 + rng.normal(scale=0.1, size=n)]
+    )  # a disk filling
+    det = TailProbabilityDetector(top_k=1).fit(rows[:7000])
+    later = det.ignoring_drift(rows[7000:])
+    assert later is not det and not hasattr(det, "drift_ignored_")  # a copy; the fitted one is unchanged
+    assert later.drift_ignored_.tolist() == [False, True]
+    beyond = np.array([[0.0, 70.0], [9.0, 57.0]])  # drifted level only / stationary feature out of range
+    np.testing.assert_allclose(-det.score_samples(beyond), [np.log(7000), np.log(7000)])
+    drifted, stuck = -later.score_samples(beyond)
+    assert drifted < 0.5 and stuck == pytest.approx(np.log(7000))  # only the ordinary feature counts
+    stationary_later = det.ignoring_drift(rows[:7000][::-1])  # rows inside the range: nothing drifts
+    assert not stationary_later.drift_ignored_.any()
+
+
+def test_ensemble_tail_member_ignores_what_drifts_between_its_two_parts(data):
+    X, y, _, ts = data
+    drifting = X.assign(
+        m00__mean_5m=np.linspace(0.0, 100.0, len(X))
+    )  # the level of the train part is left behind
+    est = small(members=("xgboost", "tail")).fit(drifting, y, time=ts)
+    ignored = est.members_["tail"].drift_ignored_
+    assert ignored[list(est.feature_names_in_).index("m00__mean_5m")]
+    assert ignored.sum() == 1
+
+
 def test_tail_detector_small_and_large_batches_take_different_paths_to_the_same_scores(monkeypatch):
     from anomaly.training import ensemble as ens
 
