@@ -10,8 +10,9 @@ Members (any subset, by name):
 - ``tail``: :class:`TailProbabilityDetector`, each feature's empirical distribution over the
   same negatives; a row's score is the mean of its ``top_k`` (3) largest ``log(0.5 / p)``, ``p``
   a value's one-sided tail probability among normal values (a value beyond all of them scores
-  ``log(n)``). ``fit`` then ignores every feature whose values drift: more than 0.1 % of the
-  validation part's negatives beyond its training range (``ignoring_drift``).
+  ``log(n)``). ``fit`` then ignores every feature whose values drift: more than
+  max(0.1 %, 20 / n) of the validation part's negatives beyond its training range
+  (``ignoring_drift``).
 - ``robust_z`` (optional): :class:`RobustZDetector`, per-feature median and MAD of the same
   negatives; a row's score is the mean of its ``top_k`` largest absolute robust z-scores.
 - ``lof`` (optional): Local Outlier Factor (novelty mode) on robust-scaled, median-imputed
