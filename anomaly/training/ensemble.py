@@ -164,6 +164,7 @@ row, at the cost of a new dependency.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -260,7 +261,21 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-class RobustZDetector(BaseEstimator):
+class _TopKDetector(BaseEstimator):
+    """What :class:`RobustZDetector` and :class:`TailProbabilityDetector` share: missing values
+    are allowed (no evidence) and a row's score averages its ``top_k`` largest feature scores."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def _check_top_k(self) -> None:
+        if not (isinstance(self.top_k, int | np.integer) and self.top_k >= 1):
+            raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
+
+
+class RobustZDetector(_TopKDetector):
     """Distance from normal in robust z units: mean of a row's ``top_k`` largest ``|x - median| / scale``.
 
     ``scale`` is 1.4826 x MAD (the normal-consistent MAD); a feature whose MAD is 0 falls back to
@@ -279,14 +294,8 @@ class RobustZDetector(BaseEstimator):
     def __init__(self, top_k: int = 3):
         self.top_k = top_k
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        return tags
-
     def fit(self, X: Any, y: Any = None) -> RobustZDetector:
-        if not (isinstance(self.top_k, int | np.integer) and self.top_k >= 1):
-            raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
+        self._check_top_k()
         X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: handled below
@@ -308,7 +317,7 @@ class RobustZDetector(BaseEstimator):
         return -_robust_z(X, self.center_, self.scale_, self.top_k)
 
 
-class TailProbabilityDetector(BaseEstimator):
+class TailProbabilityDetector(_TopKDetector):
     """How far out in normal's own tails a row lies: mean of its ``top_k`` largest per-feature
     scores ``log(0.5 / p)``, ``p`` the empirical one-sided tail probability of the value among the
     normal rows it was fitted on (``P(X <= x)`` or ``P(X >= x)``, whichever is smaller).
@@ -341,14 +350,8 @@ class TailProbabilityDetector(BaseEstimator):
         self.top_k = top_k
         self.knots = knots
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        return tags
-
     def fit(self, X: Any, y: Any = None) -> TailProbabilityDetector:
-        if not (isinstance(self.top_k, int | np.integer) and self.top_k >= 1):
-            raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
+        self._check_top_k()
         if not (isinstance(self.knots, int | np.integer) and self.knots >= 2):
             raise ValueError(f"knots must be an integer >= 2, got {self.knots!r}")
         X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan")
@@ -400,10 +403,7 @@ class TailProbabilityDetector(BaseEstimator):
         )
         with np.errstate(invalid="ignore"):
             beyond = ((X_later < low) | (X_later > high)).mean(axis=0) if len(X_later) else np.zeros(len(low))
-        out = clone(self)
-        for name, value in vars(self).items():
-            if name.endswith("_") and not name.startswith("_"):
-                setattr(out, name, value.copy() if isinstance(value, np.ndarray) else value)
+        out = copy.deepcopy(self)
         # ten times the 2 / n expected of a stationary feature, for small n
         out.drift_ignored_ = beyond > np.maximum(limit, 20.0 / np.maximum(self.n_, 1))
         out.equal_[out.drift_ignored_] = 0.0
@@ -1299,31 +1299,25 @@ def _tail_score(p: np.ndarray, floor: float) -> np.ndarray:
 
 
 def _tail(X: np.ndarray, det: TailProbabilityDetector) -> np.ndarray:
-    """:class:`TailProbabilityDetector`'s anomaly score (``-score_samples``) of a checked array.
+    """:class:`TailProbabilityDetector`'s anomaly score (``-score_samples``) of a checked array,
+    ``_TAIL_ROWS`` rows at a time on a feature-major float64 copy (float32 values widen exactly).
 
-    A value's knot index is the count of knots below it (``searchsorted``, side left), the same
-    on both paths: one comparison with every knot for a few rows, one ``searchsorted`` per
-    feature for more (on a feature-major float64 copy, ``_TAIL_ROWS`` rows at a time). float32
-    values are compared as their exact float64 widening."""
+    A value's knot index is the count of knots below it (``searchsorted``, side left), found by
+    one comparison with every knot for a few rows, by one ``searchsorted`` per feature for more."""
     n, f = X.shape
     values, equal, between = det.values_, det.equal_, det.between_
     width = values.shape[1]
     k = min(det.top_k, f)
-    if n <= _TAIL_BROADCAST_ROWS:
-        x = X.astype(np.float64)[:, :, None]
-        idx = (values[None] < x).sum(axis=2)  # n x f
-        at = np.minimum(idx, width - 1)
-        feat = np.arange(f)
-        S = np.where(values[feat, at] == x[:, :, 0], equal[feat, at], between[feat, idx])
-        S[np.isnan(X)] = 0.0
-        return np.partition(S, f - k, axis=1)[:, f - k :].mean(axis=1)
-    out = np.empty(n, dtype=np.float64)
     feat = np.arange(f)[:, None]
+    out = np.empty(n, dtype=np.float64)
     for lo in range(0, n, _TAIL_ROWS):
         xt = np.ascontiguousarray(X[lo : lo + _TAIL_ROWS].T, dtype=np.float64)  # f x rows
-        idx = np.empty(xt.shape, dtype=np.intp)
-        for j in range(f):
-            idx[j] = np.searchsorted(values[j], xt[j])
+        if xt.shape[1] <= _TAIL_BROADCAST_ROWS:
+            idx = (values[:, :, None] < xt[:, None, :]).sum(axis=1)
+        else:
+            idx = np.empty(xt.shape, dtype=np.intp)
+            for j in range(f):
+                idx[j] = np.searchsorted(values[j], xt[j])
         at = np.minimum(idx, width - 1)
         S = np.where(values[feat, at] == xt, equal[feat, at], between[feat, idx])
         S[np.isnan(xt)] = 0.0
