@@ -144,6 +144,13 @@ class Settings(BaseSettings):
         le=1,
         description="Point recall the point threshold (is_anomaly) is tuned to reach on validation data.",
     )
+    model_recall_confidence: float = Field(
+        0.90,
+        ge=0,
+        lt=1,
+        description="Confidence that the point threshold reaches the target recall: the recall's lower "
+        "bound over resamples of the validation events must reach it (0: the validation recall itself).",
+    )
     alert_min_events: int = Field(
         10,
         ge=1,

@@ -15,8 +15,9 @@ member, run in parallel) >> `evaluate` >> `register` >> `promote`.
   `ANOMALY_HOME/reports/models/v<version>.html`, and the run's working files under
   `ANOMALY_HOME/runs/train_model/<run id>/`.
 * **Splits**: train < validation < test in time with an embargo as long as the longest feature
-  window between them; the combiner learns on the end of the train span, the point threshold is
-  tuned on validation (to `ANOMALY_MODEL_TARGET_RECALL`) and so is the alert threshold (best
+  window between them; the members learn on the train span, the combiner on validation, the
+  point threshold is tuned on validation (to `ANOMALY_MODEL_TARGET_RECALL`, with
+  `ANOMALY_MODEL_RECALL_CONFIDENCE`) and so is the alert threshold (best
   event F1: what raises incidents), metrics are computed on test. `test_hosts`
   holds hosts out of training; `exclude_types` keeps fault types out of training and
   validation (faults never seen).

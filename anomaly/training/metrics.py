@@ -88,10 +88,26 @@ def _f1(p: float, r: float) -> float:
 # --------------------------------------------------------------------------- thresholds
 
 
-def tune_threshold(y_true: Any, scores: Any, target_recall: float = 0.9) -> float:
+def tune_threshold(
+    y_true: Any,
+    scores: Any,
+    target_recall: float = 0.9,
+    *,
+    events: Any = None,
+    confidence: float = 0.0,
+    n_boot: int = 1000,
+    random_state: int = 0,
+) -> float:
     """The threshold (flag when ``score >= threshold``) with the best precision among those
     reaching at least ``target_recall`` point-wise recall; ties in precision go to the highest
     threshold (fewer alarms for the same precision).
+
+    ``confidence`` (with ``events``, the event id of each point): the recall that must reach the
+    target is then also the lower ``confidence`` bound of recall over ``n_boot`` resamples of
+    the labelled events (with replacement, seeded by ``random_state``), not only the span's own
+    recall. A threshold tuned to exactly the target on one span falls short of it on the next
+    about half the time: an event's points tend to be flagged together or not at all, so point
+    recall varies by whole events. 0 (default) tunes to the span's own recall.
 
     Call it on the **validation** span only and apply the result unchanged to the test span:
     choosing the threshold is the caller's job, and doing it on the test data is leakage.
@@ -107,6 +123,10 @@ def tune_threshold(y_true: Any, scores: Any, target_recall: float = 0.9) -> floa
     """
     if not 0.0 < target_recall <= 1.0:
         raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+    if not 0.0 <= confidence < 1.0:
+        raise ValueError(f"confidence must be in [0, 1), got {confidence}")
+    if confidence and events is None:
+        raise ValueError("confidence needs events: the event id of each point, to resample by event")
     y = _labels(y_true)
     s = _scores(scores, y.shape[0])
     if not y.any():
@@ -123,10 +143,62 @@ def tune_threshold(y_true: Any, scores: Any, target_recall: float = 0.9) -> floa
     ok = recall >= target_recall - 1e-12
     if not ok.any():  # unreachable while y has positives (the lowest threshold flags all)
         raise ValueError(f"no threshold reaches recall {target_recall}")
+    if confidence:
+        highest = _highest_confident_threshold(
+            y, s, events, thresholds, target_recall, confidence, n_boot, random_state
+        )
+        ok &= thresholds <= highest
     best = precision[ok].max()
     # Equal fractions give bitwise-equal floats, so == finds exact ties in precision.
     candidates = thresholds[ok & (precision == best)]
     return float(candidates.max())
+
+
+def _highest_confident_threshold(
+    y: np.ndarray,
+    s: np.ndarray,
+    events: Any,
+    thresholds: np.ndarray,
+    target_recall: float,
+    confidence: float,
+    n_boot: int,
+    random_state: int,
+) -> float:
+    """The highest of ``thresholds`` whose recall's lower ``confidence`` bound, over resamples of
+    the events, reaches the target. Every resample's recall only falls as the threshold rises,
+    so the bound does too and a bisection finds the crossing."""
+    events = np.asarray(events, dtype=object)
+    if events.shape != y.shape:
+        raise ValueError(f"events must have one value per point ({len(y)}), got {len(events)}")
+    ids = pd.Series(events[y])
+    if ids.isna().any():
+        raise ValueError(
+            f"{int(ids.isna().sum())} positive point(s) have no event id: cannot resample by event"
+        )
+    codes, uniques = pd.factorize(ids)
+    per_event = np.bincount(codes, minlength=len(uniques)).astype(float)
+    weights = (
+        np.random.default_rng(random_state)
+        .multinomial(len(uniques), np.full(len(uniques), 1.0 / len(uniques)), size=int(n_boot))
+        .astype(float)
+    )
+    totals = weights @ per_event
+    positive_scores = s[y]
+
+    def bound(threshold: float) -> float:
+        caught = np.bincount(codes[positive_scores >= threshold], minlength=len(uniques))
+        return float(np.quantile((weights @ caught) / totals, 1.0 - confidence))
+
+    lo, hi = 0, len(thresholds) - 1  # thresholds ascend; the lowest flags every point (bound 1)
+    if bound(thresholds[hi]) >= target_recall - 1e-12:
+        return float(thresholds[hi])
+    while hi - lo > 1:  # invariant: bound(thresholds[lo]) reaches the target, thresholds[hi] not
+        mid = (lo + hi) // 2
+        if bound(thresholds[mid]) >= target_recall - 1e-12:
+            lo = mid
+        else:
+            hi = mid
+    return float(thresholds[lo])
 
 
 def tune_alert_threshold(

@@ -204,6 +204,7 @@ def fit_member(
         frame.loc[train, ts.features],
         frame.loc[train, "label"].to_numpy(),
         time=frame.loc[train, "ts"],
+        all_rows=True,  # fit_and_evaluate hands the combiner the validation span
     )
     sha = save_member(member, fitted, run_dir(run_id, settings) / "members")
     seconds = time.perf_counter() - t0

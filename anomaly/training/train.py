@@ -3,11 +3,13 @@
 1. Build the training set as of the lake's current snapshot (:mod:`anomaly.training.dataset`).
 2. Split it in time: train < validation < test, with an embargo as long as the longest
    feature window between them (optionally holding out hosts for the test span).
-3. Fit the ensemble on the train span (it learns its member combination on the last part of
-   it, in time order).
+3. Fit the ensemble: its members on the train span, its member combination on the validation
+   span (``combiner_span="train"``: on the last 20 % of the train span instead, in time order).
 4. Tune two thresholds on the validation span only: the point threshold, to reach the target
-   recall at the best precision (``scores.is_anomaly``), and the alert threshold, at the best
-   event F1 (what raises an incident; :func:`~anomaly.training.metrics.tune_alert_threshold`).
+   recall at the best precision (``scores.is_anomaly``; with ``ANOMALY_MODEL_RECALL_CONFIDENCE``
+   the recall's lower bound over resamples of the validation events must reach it), and the
+   alert threshold, at the best event F1 (what raises an incident;
+   :func:`~anomaly.training.metrics.tune_alert_threshold`).
 5. Evaluate on the test span: point, event, per-type and calibration metrics (points at the
    point threshold, events at the alert threshold).
 6. Register the model as a candidate; promote it if it meets the minimums and beats the
@@ -133,14 +135,20 @@ def fit_and_evaluate(
     exclude_types: Sequence[str] = (),
     target_recall: float | None = None,
     prefit: dict[str, Any] | None = None,
+    combiner_span: str = "validation",
     settings: Settings | None = None,
 ) -> TrainResult:
     """Steps 2 to 5 on a built training set (no lake writes). ``prefit``: members already fitted
     with ``AnomalyEnsemble(**params).fit_member`` on :func:`spans`' train rows (the DAG's
-    parallel tasks)."""
+    parallel tasks; ``fit_member(..., all_rows=True)``). ``combiner_span``: ``"validation"``
+    (default) fits the member combination on the validation span, the span the thresholds are
+    tuned on, and the members on the whole train span; ``"train"`` on the last
+    ``params["validation_fraction"]`` of the train span (the members on the rest)."""
     from anomaly.training.ensemble import AnomalyEnsemble
     from anomaly.training.metrics import evaluate, tune_alert_threshold, tune_threshold
 
+    if combiner_span not in ("validation", "train"):
+        raise ValueError(f"combiner_span must be 'validation' or 'train', got {combiner_span!r}")
     settings = settings or get_settings()
     frame = training_set.frame
     rows = spans(
@@ -159,10 +167,21 @@ def fit_and_evaluate(
         frame.loc[train, "label"].to_numpy(),
         time=frame.loc[train, "ts"],
         prefit=prefit,
+        validation=(
+            (frame.loc[validation, features], frame.loc[validation, "label"].to_numpy())
+            if combiner_span == "validation"
+            else None
+        ),
     )
     val_scores = model.decision_function(frame.loc[validation, features])
     val_labels = frame.loc[validation, "label"].to_numpy()
-    threshold = tune_threshold(val_labels, val_scores, target_recall or settings.model_target_recall)
+    threshold = tune_threshold(
+        val_labels,
+        val_scores,
+        target_recall or settings.model_target_recall,
+        events=frame.loc[validation, "event_id"].to_numpy(),
+        confidence=settings.model_recall_confidence,
+    )
     val_events = int(frame.loc[validation, "event_id"].nunique())
     if val_events >= settings.alert_min_events:
         alert_threshold = tune_alert_threshold(

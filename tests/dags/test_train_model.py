@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from tests.simfleet import simulated_fleet
@@ -71,6 +73,19 @@ def test_train_model_registers_promotes_and_is_idempotent_per_run(fleet, anomaly
     assert len(reg.list_models(lake=lake)) == 1
     spans = json.loads((pipeline.run_dir(run.run_id) / pipeline.SPANS_FILE).read_text())
     assert spans["shares"]["test"]["positives"] > 0
+
+    # The members fitted in mapped tasks make the model one process makes: members on the
+    # whole train span, the combiner on the validation span (same test scores, bit for bit).
+    from anomaly.training.members import DEFAULT_MEMBERS
+    from anomaly.training.train import fit_and_evaluate
+
+    one = fit_and_evaluate(
+        pipeline.load_training_set(run.run_id),
+        params={"members": DEFAULT_MEMBERS, "n_estimators": 20, "random_state": 3, "n_jobs": 2},
+    )
+    assert one.model.n_train_ == spans["shares"]["train"]["rows"]
+    test = pd.read_parquet(pipeline.run_dir(run.run_id) / pipeline.TEST_FILE)
+    np.testing.assert_array_equal(test["score"].to_numpy(), one.test_scores)
 
 
 def test_a_range_without_labels_fails_and_registers_nothing(fleet) -> None:

@@ -148,3 +148,11 @@ def test_train_model_registers_a_version_and_bad_input_registers_nothing(fleet) 
         0 < shares["train_positive_share"] < 1
         and shares["train_negative_share"] == 1 - shares["train_positive_share"]
     )
+    # The members learn from the whole train span, the combiner from the validation span (the
+    # thresholds' span), not from a cut of the train span.
+    assert result.model.n_train_ == shares["train_rows"] == int(result.split.train.sum())
+    assert result.model.n_validation_ == len(result.validation_labels) == int(result.split.validation.sum())
+    from anomaly.training.train import fit_and_evaluate
+
+    with pytest.raises(ValueError, match="combiner_span must be 'validation' or 'train', got 'test'"):
+        fit_and_evaluate(result.training_set, params=fast, combiner_span="test")

@@ -181,6 +181,48 @@ def test_member_files_are_verified_and_prefit_is_checked(data, tmp_path):
         est.fit(X, y, time=ts, prefit={"lof": narrow})
 
 
+def test_a_given_validation_set_fits_the_combiner_and_every_row_of_x_the_members(data, tmp_path):
+    """``validation=(X_val, y_val)``: the members learn from all of X (fit_member(all_rows=True)
+    gives the same member), the combiner and the detectors' score maps from the given rows."""
+    X, y, _, ts = data
+    cut = 1500
+    X_tr, y_tr, X_va, y_va = X.iloc[:cut], y[:cut], X.iloc[cut:], y[cut:]
+    members = ("xgboost", "isolation_forest", "tail")
+    est = small(members=members).fit(X_tr, y_tr, time=ts[:cut], validation=(X_va, y_va))
+    assert (est.n_train_, est.n_validation_) == (cut, len(X) - cut)
+    alone = small(members=members).fit_member("xgboost", X_tr, y_tr, time=ts[:cut], all_rows=True)
+    assert alone.get_booster().num_boosted_rounds() == 20
+    np.testing.assert_array_equal(
+        alone.predict_proba(X_va)[:, 1], est.member_scores(X_va)["xgboost"].to_numpy()
+    )
+    # The score maps come from the validation negatives: about 1 % of them score above 0.99.
+    above = (est.member_scores(X_va)["tail"].to_numpy()[y_va == 0] > 0.99).mean()
+    assert above <= 0.02
+    prefit = {
+        m: small(members=members).fit_member(m, X_tr, y_tr, time=ts[:cut], all_rows=True) for m in members
+    }
+    again = small(members=members).fit(X_tr, y_tr, time=ts[:cut], validation=(X_va, y_va), prefit=prefit)
+    np.testing.assert_array_equal(again.predict_proba(X), est.predict_proba(X))
+    # Without it, the members learn from the first 80 % of X only: a different model.
+    inner = small(members=members).fit(X_tr, y_tr, time=ts[:cut])
+    assert inner.n_train_ == 1200
+    assert not np.array_equal(inner.predict_proba(X_va), est.predict_proba(X_va))
+
+
+def test_a_bad_validation_set_is_refused_by_name(data):
+    X, y, _, _ = data
+    est = small(members=("xgboost", "tail"))
+    with pytest.raises(ValueError, match="validation labels: y has only one class"):
+        est.fit(X.iloc[:1500], y[:1500], validation=(X.iloc[1500:], np.zeros(500, dtype=int)))
+    with pytest.raises(ValueError, match=r"lacks 1 feature column\(s\).*m03__mean_5m"):
+        est.fit(X.iloc[:1500], y[:1500], validation=(X.iloc[1500:].drop(columns="m03__mean_5m"), y[1500:]))
+    with pytest.raises(ValueError, match="the validation X has 500 rows but its y has 499"):
+        est.fit(X.iloc[:1500], y[:1500], validation=(X.iloc[1500:], y[1501:]))
+    few = X.iloc[1500:1508]
+    with pytest.raises(ValueError, match="the validation part has 7 negative rows, need at least 10"):
+        est.fit(X.iloc[:1500], y[:1500], validation=(few, np.r_[1, np.zeros(7, dtype=int)]))
+
+
 # The checks that fit on small numpy arrays do not apply (see AnomalyEnsemble's docstring);
 # these do.
 APPLICABLE_CHECKS = [

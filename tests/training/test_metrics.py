@@ -81,6 +81,54 @@ def test_tune_threshold_precision_tie_goes_to_the_highest_threshold() -> None:
     assert tune_threshold(y, s, target_recall=0.8) == 0.4
 
 
+def test_tune_threshold_with_confidence_keeps_recall_when_events_are_resampled() -> None:
+    # Ten events of 10 points; nine score 0.8, e0's points 0.3; 100 normal points 0.1-0.5.
+    # At 0.8 the span's own recall is 0.9 (e0 missed): enough without confidence. Resampled
+    # events draw e0 twice or more in 26 % of the resamples (recall <= 0.8 there), so the 0.9
+    # bound is below 0.9 until e0 is caught: at 0.3 every resample has recall 1.
+    events = [f"e{e}" for e in range(10) for _ in range(10)] + [None] * 100
+    y = [1] * 100 + [0] * 100
+    s = [0.3] * 10 + [0.8] * 90 + list(np.linspace(0.1, 0.5, 100))
+    assert tune_threshold(y, s, 0.9) == 0.8
+    assert tune_threshold(y, s, 0.9, events=events, confidence=0.5) == 0.8  # the median draw
+    assert tune_threshold(y, s, 0.9, events=events, confidence=0.9) == 0.3
+    with pytest.raises(ValueError, match="confidence needs events"):
+        tune_threshold(y, s, 0.9, confidence=0.9)
+    with pytest.raises(ValueError, match=r"confidence must be in \[0, 1\), got 1.0"):
+        tune_threshold(y, s, 0.9, events=events, confidence=1.0)
+    with pytest.raises(ValueError, match=r"3 positive point\(s\) have no event id"):
+        tune_threshold(y, s, 0.9, events=[None] * 3 + events[3:], confidence=0.9)
+    with pytest.raises(ValueError, match=r"one value per point \(200\), got 199"):
+        tune_threshold(y, s, 0.9, events=events[:-1], confidence=0.9)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tune_threshold_with_confidence_matches_a_brute_force_search(seed: int) -> None:
+    """Every candidate threshold's bootstrap bound computed directly, with the same resamples:
+    the answer is the best precision among the thresholds whose bound reaches the target."""
+    rng = np.random.default_rng(seed)
+    n_events, n_normal = 30, 600
+    sizes = rng.integers(2, 20, n_events)
+    events = np.r_[np.repeat([f"e{e}" for e in range(n_events)], sizes), [None] * n_normal]
+    y = np.r_[np.ones(sizes.sum(), int), np.zeros(n_normal, int)]
+    strength = np.repeat(rng.uniform(0.0, 2.0, n_events), sizes)  # events differ as wholes
+    s = np.round(np.r_[strength + rng.normal(0, 0.5, sizes.sum()), rng.normal(0, 1, n_normal)], 2)
+    got = tune_threshold(y, s, 0.85, events=events, confidence=0.9, n_boot=300, random_state=seed)
+
+    codes = np.repeat(np.arange(n_events), sizes)
+    weights = np.random.default_rng(seed).multinomial(n_events, np.full(n_events, 1 / n_events), size=300)
+    best, best_t = -1.0, None
+    for t in np.unique(s):  # ascending: a precision tie goes to the higher threshold
+        caught = np.bincount(codes[s[: sizes.sum()] >= t], minlength=n_events)
+        bound = np.quantile((weights @ caught) / (weights @ sizes), 0.1)
+        flagged = s >= t
+        recall, precision = y[flagged].sum() / y.sum(), y[flagged].mean()
+        if bound >= 0.85 - 1e-12 and recall >= 0.85 - 1e-12 and precision >= best:
+            best, best_t = precision, t
+    assert got == best_t
+    assert got <= tune_threshold(y, s, 0.85)
+
+
 def test_tune_threshold_target_unreachable() -> None:
     with pytest.raises(ValueError, match="no positives"):
         tune_threshold([0, 0, 0], [0.1, 0.5, 0.9])
