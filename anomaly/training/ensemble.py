@@ -55,7 +55,8 @@ first ``1 - validation_fraction``, the combiner from the rest. Measured on ``mak
 of the train span, combiner on its last 20 %, no embargo between them; 2026-12-05) gave point
 precision 0.665 at recall 0.904, PR-AUC 0.931, event F1 0.948, best precision at recall 0.9 on
 the test span 0.700; the validation span (members on the whole train span, 25 % more rows;
-2026-12-06) 0.704 at 0.908, 0.934, 0.948, 0.747. The thresholds are then tuned on the rows the
+2026-12-06) 0.704 at 0.908, 0.934, 0.948, 0.747; on the 28-day fleet 0.839 at 0.899, 0.943,
+0.962, 0.834 before and 0.892 at 0.895, 0.948, 0.962, 0.865 after. The thresholds are then tuned on the rows the
 combiner learned from: a logistic regression of 5 inputs on ~80,000 rows, too small to overfit
 them measurably. Members are **not** refit on the whole afterwards: the combiner learned how far
 to trust each member from that member's scores on rows it never saw, and a member refit on

@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_GAP = pd.Timedelta("5min")
+RECALL_RESAMPLES = 1000  # resamples of the events behind tune_threshold's confidence bound
 
 _EVENT_COLUMNS = ("event_id", "host", "fault_type", "start", "end", "points", "detected", "first_flag")
 
@@ -95,7 +96,7 @@ def tune_threshold(
     *,
     events: Any = None,
     confidence: float = 0.0,
-    n_boot: int = 1000,
+    n_boot: int = RECALL_RESAMPLES,
     random_state: int = 0,
 ) -> float:
     """The threshold (flag when ``score >= threshold``) with the best precision among those

@@ -145,7 +145,7 @@ def fit_and_evaluate(
     tuned on, and the members on the whole train span; ``"train"`` on the last
     ``params["validation_fraction"]`` of the train span (the members on the rest)."""
     from anomaly.training.ensemble import AnomalyEnsemble
-    from anomaly.training.metrics import evaluate, tune_alert_threshold, tune_threshold
+    from anomaly.training.metrics import RECALL_RESAMPLES, evaluate, tune_alert_threshold, tune_threshold
 
     if combiner_span not in ("validation", "train"):
         raise ValueError(f"combiner_span must be 'validation' or 'train', got {combiner_span!r}")
@@ -175,14 +175,23 @@ def fit_and_evaluate(
     )
     val_scores = model.decision_function(frame.loc[validation, features])
     val_labels = frame.loc[validation, "label"].to_numpy()
+    recall_target, confidence = (
+        target_recall or settings.model_target_recall,
+        settings.model_recall_confidence,
+    )
     threshold = tune_threshold(
         val_labels,
         val_scores,
-        target_recall or settings.model_target_recall,
+        recall_target,
         events=frame.loc[validation, "event_id"].to_numpy(),
-        confidence=settings.model_recall_confidence,
+        confidence=confidence,
     )
     val_events = int(frame.loc[validation, "event_id"].nunique())
+    point_basis = f"recall {recall_target:g} on the validation span" + (
+        f", at confidence {confidence:g} over {RECALL_RESAMPLES} resamples of its {val_events} events"
+        if confidence
+        else ""
+    )
     if val_events >= settings.alert_min_events:
         alert_threshold = tune_alert_threshold(
             frame.loc[validation, ["host", "ts", "event_id"]], val_scores, floor=threshold
@@ -198,6 +207,7 @@ def fit_and_evaluate(
     test_points = frame.loc[test].reset_index(drop=True)
     test_scores = model.decision_function(test_points[features])
     metrics = evaluate(test_points, test_scores, threshold, alert_threshold)
+    metrics["point_threshold_basis"] = point_basis
     metrics["alert_threshold_basis"] = alert_basis
     n_train = int(train.sum())
     pos_train = int(frame.loc[train, "label"].sum())

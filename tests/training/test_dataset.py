@@ -152,6 +152,10 @@ def test_train_model_registers_a_version_and_bad_input_registers_nothing(fleet) 
     # thresholds' span), not from a cut of the train span.
     assert result.model.n_train_ == shares["train_rows"] == int(result.split.train.sum())
     assert result.model.n_validation_ == len(result.validation_labels) == int(result.split.validation.sum())
+    events = result.training_set.frame.loc[result.split.validation, "event_id"].nunique()
+    assert record.metrics["point_threshold_basis"] == (
+        f"recall 0.9 on the validation span, at confidence 0.9 over 1000 resamples of its {events} events"
+    )
     from anomaly.training.train import fit_and_evaluate
 
     with pytest.raises(ValueError, match="combiner_span must be 'validation' or 'train', got 'test'"):
