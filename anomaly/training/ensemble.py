@@ -50,14 +50,14 @@ it: the validation span, past the embargo) the members learn from every row of `
 combiner, the detectors' score maps and ``tail``'s drift check from those held-out rows.
 Without it, ``fit`` orders the rows by ``time`` and cuts them once, at a timestamp boundary (rows
 sharing a timestamp, e.g. every host at one instant, never straddle it): members learn from the
-first ``1 - validation_fraction``, the combiner from the rest. Measured on ``make bench-train``'s
-14-day fleet (default members, same seed; test span): the inner cut (members on the first 80 %
+first ``1 - validation_fraction``, the combiner from the rest. Measured on the 14-day version
+of ``make bench-train``'s fleet (default members, same seed; test span): the inner cut (members on the first 80 %
 of the train span, combiner on its last 20 %, no embargo between them; 2026-12-05) gave point
 precision 0.665 at recall 0.904, PR-AUC 0.931, event F1 0.948, best precision at recall 0.9 on
 the test span 0.700; the validation span (members on the whole train span, 25 % more rows;
 2026-12-06) 0.704 at 0.908, 0.934, 0.948, 0.747; on the 28-day fleet 0.839 at 0.899, 0.943,
 0.962, 0.834 before and 0.892 at 0.895, 0.948, 0.962, 0.865 after. The thresholds are then tuned on the rows the
-combiner learned from: a logistic regression of 5 inputs on ~80,000 rows, too small to overfit
+combiner learned from: a logistic regression of 5 inputs on 80,000-160,000 rows, too small to overfit
 them measurably. Members are **not** refit on the whole afterwards: the combiner learned how far
 to trust each member from that member's scores on rows it never saw, and a member refit on
 those rows is a different model whose scores the combiner never saw. Refitting also bought
@@ -462,13 +462,14 @@ class WeightedAverageCombiner(ClassifierMixin, BaseEstimator):
 
 
 class AnomalyEnsemble(ClassifierMixin, BaseEstimator):
-    """Boosted classifiers plus unsupervised detectors, combined on the latest part of the data.
+    """Boosted classifiers plus unsupervised detectors, combined on held-out later rows.
 
     Parameters
     ----------
     members : names from ``MEMBERS``; default all but ``lof``.
     combiner : ``"stacking"`` (logistic regression on member logits) or ``"average"``.
-    validation_fraction : the latest share of rows (by ``time``) that fits the combiner.
+    validation_fraction : the latest share of rows (by ``time``) that fits the combiner, when
+        ``fit`` is not given ``validation=`` rows.
     n_estimators, max_depth, learning_rate : shared by the three boosted members.
     scale_pos_weight : positive-class weight; None = negatives / positives of the training part.
     n_jobs : threads for every member (-1 = all cores).
@@ -565,6 +566,8 @@ class AnomalyEnsemble(ClassifierMixin, BaseEstimator):
         if n < MIN_ROWS:
             raise ValueError(f"need at least {MIN_ROWS} rows to fit, got {n}")
         if validation is not None or all_rows:
+            if time is not None:  # checked, not used: the caller ordered the two parts in time
+                _time_split(time, n, float(self.validation_fraction))
             A_tr, y_tr, cut = A, y, n
             _check_part("training", y_tr, n, n)
             A_va, y_va = A[:0], y[:0]
@@ -612,8 +615,9 @@ class AnomalyEnsemble(ClassifierMixin, BaseEstimator):
         and return it, leaving this estimator unfitted: members can then be fitted in separate
         processes (the training DAG maps this over the members) and handed to
         ``fit(..., prefit={name: member})``. ``all_rows=True`` when that fit gets ``validation=``
-        (the member then learns from every row of X). Needs an integer ``random_state`` to be
-        reproducible."""
+        (the member then learns from every row of X); the same rows as that fit only when
+        ``all_rows`` matches it, which ``fit`` cannot check. Needs an integer ``random_state``
+        to be reproducible."""
         work = clone(self)
         members, seeds, A_tr, y_tr, _, _ = work._begin(X, y, time, None, all_rows=all_rows)
         if name not in members:
@@ -629,14 +633,16 @@ class AnomalyEnsemble(ClassifierMixin, BaseEstimator):
         prefit: Mapping[str, Any] | None = None,
         validation: tuple[pd.DataFrame, Any] | None = None,
     ) -> AnomalyEnsemble:
-        """Fit the members on the earlier rows and the combiner on the latest ``validation_fraction``.
+        """Fit the members and the combiner: on ``validation`` when given, else on the latest
+        ``validation_fraction`` of the rows (the members on the rest).
 
         ``X``: DataFrame of numeric features (NaN allowed; +-inf is treated as missing);
         ``y``: 0/1 labels; ``time``: one timestamp (or number) per row giving the time order,
         else the row order is the time order. ``validation``: ``(X_val, y_val)``, rows held out
-        in time (later than ``X``, past an embargo) for the combiner, the detectors' score maps
-        and ``tail``'s drift check; with it the members learn from every row of ``X`` and
-        ``validation_fraction`` is not used. ``prefit``: members already fitted by
+        in time for the combiner, the detectors' score maps and ``tail``'s drift check; with it
+        the members learn from every row of ``X`` (in the order given) and
+        ``validation_fraction`` is not used. That those rows are later than ``X``, past an
+        embargo, is the caller's to ensure (``fit_and_evaluate`` passes the validation span). ``prefit``: members already fitted by
         :meth:`fit_member` on the same ``X``, ``y`` and ``time`` (not refitted).
         """
         members, seeds, A_tr, y_tr, A_va, y_va = self._begin(X, y, time, validation)

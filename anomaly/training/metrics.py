@@ -128,6 +128,8 @@ def tune_threshold(
         raise ValueError(f"confidence must be in [0, 1), got {confidence}")
     if confidence and events is None:
         raise ValueError("confidence needs events: the event id of each point, to resample by event")
+    if confidence and n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
     y = _labels(y_true)
     s = _scores(scores, y.shape[0])
     if not y.any():
@@ -170,7 +172,7 @@ def _highest_confident_threshold(
     so the bound does too and a bisection finds the crossing."""
     events = np.asarray(events, dtype=object)
     if events.shape != y.shape:
-        raise ValueError(f"events must have one value per point ({len(y)}), got {len(events)}")
+        raise ValueError(f"events must have one value per point, shape ({len(y)},), got shape {events.shape}")
     ids = pd.Series(events[y])
     if ids.isna().any():
         raise ValueError(

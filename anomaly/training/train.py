@@ -149,6 +149,11 @@ def fit_and_evaluate(
 
     if combiner_span not in ("validation", "train"):
         raise ValueError(f"combiner_span must be 'validation' or 'train', got {combiner_span!r}")
+    if prefit and combiner_span != "validation":
+        raise ValueError(
+            "prefit members come from fit_member(all_rows=True), fitted on the whole train span: "
+            "they go with combiner_span='validation' only"
+        )
     settings = settings or get_settings()
     frame = training_set.frame
     rows = spans(

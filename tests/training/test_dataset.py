@@ -160,3 +160,5 @@ def test_train_model_registers_a_version_and_bad_input_registers_nothing(fleet) 
 
     with pytest.raises(ValueError, match="combiner_span must be 'validation' or 'train', got 'test'"):
         fit_and_evaluate(result.training_set, params=fast, combiner_span="test")
+    with pytest.raises(ValueError, match="they go with combiner_span='validation' only"):
+        fit_and_evaluate(result.training_set, params=fast, combiner_span="train", prefit={"xgboost": None})

@@ -98,8 +98,10 @@ def test_tune_threshold_with_confidence_keeps_recall_when_events_are_resampled()
         tune_threshold(y, s, 0.9, events=events, confidence=1.0)
     with pytest.raises(ValueError, match=r"3 positive point\(s\) have no event id"):
         tune_threshold(y, s, 0.9, events=[None] * 3 + events[3:], confidence=0.9)
-    with pytest.raises(ValueError, match=r"one value per point \(200\), got 199"):
+    with pytest.raises(ValueError, match=r"one value per point, shape \(200,\), got shape \(199,\)"):
         tune_threshold(y, s, 0.9, events=events[:-1], confidence=0.9)
+    with pytest.raises(ValueError, match="n_boot must be at least 1, got 0"):
+        tune_threshold(y, s, 0.9, events=events, confidence=0.9, n_boot=0)
 
 
 @pytest.mark.parametrize("seed", range(5))
