@@ -41,6 +41,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The recall confidence bound resamples validation events: with a handful of them, the weakest
+# one drawn again and again decides the bound and drags the point threshold down to it (on the
+# test suite's 2-day, 3-host fleet, the point threshold then fell to where nothing separated
+# flagged points from alerting ones: 449 flagged, 448 of them alerting). Below this many events
+# the threshold reaches the validation recall itself, and metrics.point_threshold_basis says so.
+MIN_CONFIDENCE_EVENTS = 20
+
 
 @dataclass
 class TrainResult:
@@ -184,18 +191,25 @@ def fit_and_evaluate(
         target_recall or settings.model_target_recall,
         settings.model_recall_confidence,
     )
+    val_events = int(frame.loc[validation, "event_id"].nunique())
+    point_basis = f"recall {recall_target:g} on the validation span"
+    if confidence and val_events < MIN_CONFIDENCE_EVENTS:
+        point_basis += (
+            f" (no confidence bound: {val_events} validation events, fewer than the "
+            f"{MIN_CONFIDENCE_EVENTS} a resampled bound needs)"
+        )
+        log.warning("point threshold: %s", point_basis)
+        confidence = 0.0
+    elif confidence:
+        point_basis += (
+            f", at confidence {confidence:g} over {RECALL_RESAMPLES} resamples of its {val_events} events"
+        )
     threshold = tune_threshold(
         val_labels,
         val_scores,
         recall_target,
         events=frame.loc[validation, "event_id"].to_numpy(),
         confidence=confidence,
-    )
-    val_events = int(frame.loc[validation, "event_id"].nunique())
-    point_basis = f"recall {recall_target:g} on the validation span" + (
-        f", at confidence {confidence:g} over {RECALL_RESAMPLES} resamples of its {val_events} events"
-        if confidence
-        else ""
     )
     if val_events >= settings.alert_min_events:
         alert_threshold = tune_alert_threshold(

@@ -128,7 +128,7 @@ def test_time_split_is_ordered_with_embargo_and_can_hold_out_hosts() -> None:
         time_split(ts.iloc[:60], embargo=timedelta(hours=1))
 
 
-def test_train_model_registers_a_version_and_bad_input_registers_nothing(fleet) -> None:
+def test_train_model_registers_a_version_and_bad_input_registers_nothing(fleet, monkeypatch) -> None:
     from anomaly.training import model_registry as reg
     from anomaly.training.train import train_model
 
@@ -152,12 +152,22 @@ def test_train_model_registers_a_version_and_bad_input_registers_nothing(fleet) 
     # thresholds' span), not from a cut of the train span.
     assert result.model.n_train_ == shares["train_rows"] == int(result.split.train.sum())
     assert result.model.n_validation_ == len(result.validation_labels) == int(result.split.validation.sum())
+    # 2 validation events: too few to resample, the threshold reaches the validation recall.
     events = result.training_set.frame.loc[result.split.validation, "event_id"].nunique()
+    assert events == 2
     assert record.metrics["point_threshold_basis"] == (
-        f"recall 0.9 on the validation span, at confidence 0.9 over 1000 resamples of its {events} events"
+        "recall 0.9 on the validation span (no confidence bound: 2 validation events, fewer than "
+        "the 20 a resampled bound needs)"
     )
+    from anomaly.training import train as train_module
     from anomaly.training.train import fit_and_evaluate
 
+    monkeypatch.setattr(train_module, "MIN_CONFIDENCE_EVENTS", 2)
+    bounded = fit_and_evaluate(result.training_set, params=fast)
+    assert bounded.metrics["point_threshold_basis"] == (
+        "recall 0.9 on the validation span, at confidence 0.9 over 1000 resamples of its 2 events"
+    )
+    assert bounded.threshold <= result.threshold  # the bound only ever lowers it
     with pytest.raises(ValueError, match="combiner_span must be 'validation' or 'train', got 'test'"):
         fit_and_evaluate(result.training_set, params=fast, combiner_span="test")
     with pytest.raises(ValueError, match="they go with combiner_span='validation' only"):
