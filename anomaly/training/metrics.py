@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -192,16 +193,12 @@ def _highest_confident_threshold(
         caught = np.bincount(codes[positive_scores >= threshold], minlength=len(uniques))
         return float(np.quantile((weights @ caught) / totals, 1.0 - confidence))
 
-    lo, hi = 0, len(thresholds) - 1  # thresholds ascend; the lowest flags every point (bound 1)
-    if bound(thresholds[hi]) >= target_recall - 1e-12:
-        return float(thresholds[hi])
-    while hi - lo > 1:  # invariant: bound(thresholds[lo]) reaches the target, thresholds[hi] not
-        mid = (lo + hi) // 2
-        if bound(thresholds[mid]) >= target_recall - 1e-12:
-            lo = mid
-        else:
-            hi = mid
-    return float(thresholds[lo])
+    # thresholds ascend and the lowest flags every point (bound 1): the answer is the one just
+    # below the first whose bound misses the target.
+    first_miss = bisect.bisect_left(
+        range(len(thresholds)), True, key=lambda i: bound(thresholds[i]) < target_recall - 1e-12
+    )
+    return float(thresholds[first_miss - 1])
 
 
 def tune_alert_threshold(

@@ -173,25 +173,23 @@ def fit_and_evaluate(
     )
     train, validation, test = rows.train, rows.validation, rows.test
     features = training_set.features
+    X_val = frame.loc[validation, features]
+    val_labels = frame.loc[validation, "label"].to_numpy()
+    val_event_ids = frame.loc[validation, "event_id"]
     model = AnomalyEnsemble(**(params or {}))
     model.fit(
         frame.loc[train, features],
         frame.loc[train, "label"].to_numpy(),
         time=frame.loc[train, "ts"],
         prefit=prefit,
-        validation=(
-            (frame.loc[validation, features], frame.loc[validation, "label"].to_numpy())
-            if combiner_span == "validation"
-            else None
-        ),
+        validation=(X_val, val_labels) if combiner_span == "validation" else None,
     )
-    val_scores = model.decision_function(frame.loc[validation, features])
-    val_labels = frame.loc[validation, "label"].to_numpy()
+    val_scores = model.decision_function(X_val)
     recall_target, confidence = (
         target_recall or settings.model_target_recall,
         settings.model_recall_confidence,
     )
-    val_events = int(frame.loc[validation, "event_id"].nunique())
+    val_events = int(val_event_ids.nunique())
     point_basis = f"recall {recall_target:g} on the validation span"
     if confidence and val_events < MIN_CONFIDENCE_EVENTS:
         point_basis += (
@@ -208,7 +206,7 @@ def fit_and_evaluate(
         val_labels,
         val_scores,
         recall_target,
-        events=frame.loc[validation, "event_id"].to_numpy(),
+        events=val_event_ids.to_numpy(),
         confidence=confidence,
     )
     if val_events >= settings.alert_min_events:
